@@ -1,0 +1,62 @@
+"""How a command turns `--model`, `--tokenizer` and `--backend` into checked objects.
+
+Shared by `tandem generate` and `tandem serve` so that both accept and refuse the same things
+with the same messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+import models
+from models import Tokenizer
+
+from .errors import UsageError
+from .runtime import BACKENDS
+
+__all__ = [
+    "add_model_arguments",
+    "backend_options",
+    "check_tokenizer_fits",
+    "require_backend",
+    "resolve_tokenizer",
+]
+
+
+def add_model_arguments(p) -> None:
+    """--model, --tokenizer and --backend, as every generating command spells them."""
+    p.add_argument("--model", default=str(models.default_model_dir()),
+                   help="HF-format GPT-2 checkpoint directory (default: the shipped model)")
+    p.add_argument("--tokenizer", default="auto",
+                   help="auto (the model's own), gpt2 (GPT-2's BPE) or a directory")
+    p.add_argument("--backend", default="torch", help=f"one of: {', '.join(BACKENDS)}")
+    accel = p.add_argument_group("accelerator backends (isa)")
+    accel.add_argument("--config", default="tiny",
+                       help="accelerator config: tiny, u280, u55c or a JSON file (default tiny)")
+    accel.add_argument("--devices", type=int, default=1, help="FPGAs in the ring (default 1)")
+
+
+def backend_options(args) -> dict:
+    """The keyword options `make_backend` passes to an accelerator backend's factory."""
+    return {"config": args.config, "devices": args.devices,
+            "return_logits": getattr(args, "return_logits", False)}
+
+
+def require_backend(name: str) -> None:
+    """Raise UsageError unless `name` is a registered backend (cheap: before any model load)."""
+    if name not in BACKENDS:
+        raise UsageError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
+
+
+def resolve_tokenizer(model: str | Path, choice: str) -> Tokenizer | None:
+    """`choice` is auto (the checkpoint's own, None if it ships none), gpt2 or a directory."""
+    return models.load_tokenizer(model if choice == "auto" else choice)
+
+
+def check_tokenizer_fits(tokenizer: Tokenizer | None, model: nn.Module) -> None:
+    """Raise UsageError if the tokenizer can produce ids the model has no embedding for."""
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
+        raise UsageError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                         f"{model.config.vocab_size}; pass the model's own --tokenizer")

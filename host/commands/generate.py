@@ -1,0 +1,116 @@
+"""Generate a continuation of a prompt, token by token, and report the speed.
+
+--json prints one object: prompt_tokens, tokens (generated ids), text, and steps (one entry
+per generated token with at least `token` and `ms`), plus the backend's own figures.
+"""
+
+from __future__ import annotations
+
+import json
+
+import models
+from models.tokenizer import IncrementalDecoder
+
+from ..checkpoints import (
+    add_model_arguments,
+    backend_options,
+    check_tokenizer_fits,
+    require_backend,
+    resolve_tokenizer,
+)
+from ..errors import UsageError
+from ..runtime import GenerationRequest, make_backend
+
+NAME = "generate"
+HELP = "generate text from a prompt (torch golden model or the accelerator)"
+
+
+def add_arguments(p) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text, tokenized with the model's tokenizer")
+    src.add_argument("--prompt-ids", help="prompt as comma-separated token ids, e.g. 1,2,3")
+    add_model_arguments(p)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--return-logits", action="store_true",
+                   help="isa: add each step's final logits to the JSON (`logits`)")
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise UsageError(f"--prompt-ids must be comma-separated integers, not {text!r}") from None
+
+
+def run(args) -> int:
+    require_backend(args.backend)  # checked before the (slow) model load
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be >= 0, not {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, not {args.top_k}")
+    model = models.load_model(args.model)  # first: a bad checkpoint is the error to report
+    tokenizer = resolve_tokenizer(args.model, args.tokenizer)
+    if args.prompt is not None:
+        if tokenizer is None:
+            raise UsageError(f"{args.model} ships no tokenizer; pass --prompt-ids 1,2,3 or "
+                             "--tokenizer gpt2")
+        prompt_ids = tokenizer.encode(args.prompt)
+    else:
+        prompt_ids = _parse_ids(args.prompt_ids)
+    model.check_prompt(prompt_ids, args.max_new_tokens)
+    check_tokenizer_fits(tokenizer, model)
+    backend = make_backend(args.backend, model, **backend_options(args))
+    request = GenerationRequest(prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
+                                args.seed)
+
+    steps = []
+    if not args.json and tokenizer is not None:
+        print(args.prompt if args.prompt is not None else tokenizer.decode(prompt_ids),
+              end="", flush=True)
+    decoder = IncrementalDecoder(tokenizer) if tokenizer else None
+    for step in backend.stream(request):
+        steps.append(step)
+        if not args.json:
+            piece = decoder.push(step.token) if decoder else f" {step.token}"
+            print(piece, end="", flush=True)
+    tokens = [s.token for s in steps]
+    total_ms = sum(s.ms for s in steps)
+    tokens_per_s = len(steps) / (total_ms / 1e3) if total_ms > 0 else float("inf")
+    text = tokenizer.decode(tokens) if tokenizer else None
+    if args.json:
+        record = {
+            "model": args.model,
+            **backend.describe(),
+            "prompt_tokens": prompt_ids,
+            "tokens": tokens,
+            "text": text,
+            "seed": args.seed,
+            "temperature": args.temperature,
+            "top_k": args.top_k,
+            "total_ms": round(total_ms, 3),
+            "tokens_per_s": round(tokens_per_s, 2),
+            "steps": [s.to_json() for s in steps],
+        }
+        print(json.dumps(record))
+    else:
+        print("\n")
+        print(_summary(backend.describe(), steps, total_ms, tokens_per_s))
+    return 0
+
+
+def _summary(facts: dict, steps, total_ms: float, tokens_per_s: float) -> str:
+    """One bracketed line: speed, and for simulated devices, device time vs simulation time."""
+    where = ", ".join(f"{k} {v}" for k, v in facts.items())
+    if steps and "cycles" in steps[0].extra:  # simulated accelerator: ms is device time
+        wall_s = sum(s.extra["wall_ms"] for s in steps) / 1e3
+        decode = steps[1:] or steps
+        per_token = sum(s.ms for s in decode) / len(decode)
+        return (f"[{len(steps)} tokens; device time {total_ms:.3f} ms at "
+                f"{facts.get('clock_mhz')} MHz: first token {steps[0].ms:.3f} ms, then "
+                f"{per_token:.3f} ms/token ({1e3 / per_token:.0f} tokens/s); "
+                f"simulated in {wall_s:.1f} s; {where}]")
+    return f"[{len(steps)} tokens in {total_ms / 1e3:.2f} s: {tokens_per_s:.1f} tokens/s; {where}]"

@@ -1,0 +1,213 @@
+"""The golden GPT-2: the PyTorch model every Tandem backend is checked against.
+
+Module names equal HF checkpoint keys (`transformer.h.0.attn.c_attn.weight`, ...) and the
+projections store their weights as (in, out), as HF's GPT-2 does, so a checkpoint's tensors load
+without transposes. The arithmetic is written out (no fused SDPA) so that it reads as the
+specification the accelerator implements.
+
+Contract: `forward(input_ids, past=None) -> (logits, present)` where `present` holds one
+`(k, v)` pair per layer, each (B, n_head, T_past + T, head_dim); passing it back as `past` continues
+the sequence, and equals running the whole sequence at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import checkpoint
+from .config import ACTIVATIONS, GPT2Config
+from .errors import PromptError
+from .sampling import sample_next
+
+__all__ = ["GPT2LMHead", "GPT2Model", "KVCache"]
+
+#: One (k, v) pair per layer, each (B, n_head, T, head_dim).
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Projection(nn.Module):
+    """y = x @ weight + bias, with weight stored (in, out) as in GPT-2 checkpoints."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_in, n_out))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(
+            *x.shape[:-1], -1
+        )
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.c_attn = Projection(config.n_embd, 3 * config.n_embd)
+        self.c_proj = Projection(config.n_embd, config.n_embd)
+
+    def forward(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if past is not None:  # (B, nh, T_past, hs) ++ (B, nh, T, hs)
+            k = torch.cat((past[0], k), dim=2)
+            v = torch.cat((past[1], v), dim=2)
+        T_all = k.shape[2]
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])  # (B, nh, T, T_all)
+        # Query i sits at absolute position T_all - T + i and sees keys 0..that position.
+        causal = torch.ones(T, T_all, dtype=torch.bool, device=x.device).tril(T_all - T)
+        att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, nh * hs)
+        return self.c_proj(y), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.c_fc = Projection(config.n_embd, config.inner_dim)
+        self.c_proj = Projection(config.inner_dim, config.n_embd)
+        self.approximate = "tanh" if ACTIVATIONS[config.activation_function] == "tanh" else "none"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block. `mlp` may be replaced (an MoE FFN, for instance)."""
+
+    def __init__(self, config: GPT2Config, mlp: nn.Module | None = None) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = Attention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = mlp if mlp is not None else MLP(config)
+
+    def forward(self, x, past):
+        a, present = self.attn(self.ln_1(x), past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class GPT2Model(nn.Module):
+    def __init__(self, config: GPT2Config, blocks: Sequence[Block] | None = None) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.h = nn.ModuleList(blocks if blocks is not None else
+                               [Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        for emb in (self.wte, self.wpe):
+            nn.init.normal_(emb.weight, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor, past: KVCache | None = None):
+        T_past = 0 if past is None else past[0][0].shape[2]
+        pos = torch.arange(T_past, T_past + input_ids.shape[1], device=input_ids.device)
+        x = self.wte(input_ids) + self.wpe(pos)  # (B, T, C)
+        present: KVCache = []
+        for i, block in enumerate(self.h):
+            x, kv = block(x, None if past is None else past[i])
+            present.append(kv)
+        return self.ln_f(x), present
+
+
+class GPT2LMHead(nn.Module):
+    """GPT-2 with its language-model head (HF: `GPT2LMHeadModel`)."""
+
+    config_class = GPT2Config
+
+    def __init__(self, config: GPT2Config, transformer: GPT2Model | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = transformer if transformer is not None else GPT2Model(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(
+        self, input_ids: torch.Tensor, past: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """input_ids (B, T) -> logits (B, T, vocab_size), present."""
+        T_total = input_ids.shape[1] + (0 if past is None else past[0][0].shape[2])
+        if T_total > self.config.n_positions:
+            raise PromptError(
+                f"sequence of {T_total} tokens exceeds n_positions={self.config.n_positions}"
+            )
+        h, present = self.transformer(input_ids, past)
+        return self.lm_head(h), present
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def check_prompt(self, prompt_ids: Sequence[int], max_new_tokens: int) -> None:
+        """Raise PromptError unless `prompt_ids` + `max_new_tokens` fits this model."""
+        n_ctx, vocab = self.config.n_positions, self.config.vocab_size
+        if len(prompt_ids) == 0:
+            raise PromptError("the prompt is empty; give at least one token of prompt")
+        if max_new_tokens < 1:
+            raise PromptError(f"max-new-tokens must be at least 1, not {max_new_tokens}")
+        if len(prompt_ids) + max_new_tokens > n_ctx:
+            raise PromptError(
+                f"prompt ({len(prompt_ids)} tokens) + max-new-tokens ({max_new_tokens}) exceeds "
+                f"the model's context n_positions={n_ctx}; shorten the prompt or generate fewer"
+            )
+        bad = [t for t in prompt_ids if not 0 <= t < vocab]
+        if bad:
+            raise PromptError(
+                f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab - 1})"
+            )
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> Iterator[int]:
+        """Yield `max_new_tokens` generated ids one at a time, using the KV cache.
+
+        temperature 0 is greedy; otherwise sampling from softmax(logits / temperature),
+        restricted to the `top_k` most likely tokens when given, reproducible for a seed.
+        """
+        self.check_prompt(prompt_ids, max_new_tokens)
+        device = self.lm_head.weight.device
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(0 if seed is None else seed)
+        ids = torch.tensor([list(prompt_ids)], dtype=torch.long, device=device)
+        past = None
+        for _ in range(max_new_tokens):
+            logits, past = self(ids, past)
+            token = sample_next(logits[0, -1], temperature, top_k, generator)
+            yield token
+            ids = torch.tensor([[token]], dtype=torch.long, device=device)
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, **sampling) -> list[int]:
+        """The generated ids (prompt excluded); see `stream` for the sampling options."""
+        return list(self.stream(prompt_ids, max_new_tokens, **sampling))
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
+    ) -> GPT2LMHead:
+        """Load an HF-format directory: config.json + model.safetensors (or pytorch_model.bin)."""
+        config = cls.config_class.from_dict(checkpoint.read_config(path))
+        with torch.device("meta"):
+            model = cls(config)
+        checkpoint.load_weights(model, path, dtype=dtype, device=device)
+        return model.eval()
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> None:
+        checkpoint.save(self, path, self.config.to_dict(), dtype=dtype)

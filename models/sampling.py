@@ -1,0 +1,33 @@
+"""Next-token selection: greedy, temperature and top-k sampling, reproducible for a seed."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["sample_next"]
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Pick one token id from `logits` (vocab_size,).
+
+    temperature == 0 is greedy (argmax, lowest id on ties, as the accelerator's argmax does).
+    The draw happens on the CPU with `generator`, so a seed gives the same tokens on any device.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, not {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, not {top_k}")
+    logits = logits.detach().float().cpu()
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))

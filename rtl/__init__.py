@@ -1,0 +1,1 @@
+"""Amaranth components that implement `hw/` exactly; `rtl.build` writes their Verilog."""

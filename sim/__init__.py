@@ -1,0 +1,1 @@
+"""cocotb testbenches, the simulator runner, HDL memory/link models and the RTL device backend."""

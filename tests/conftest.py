@@ -1,0 +1,63 @@
+"""Suite-wide policy: `gpu` tests need CUDA and `board` tests an Alveo card; without them
+they are skipped with the reason, never silently deselected."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _cuda_reason() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else "needs CUDA: torch.cuda.is_available() is False"
+
+
+def _board_reason() -> str | None:
+    if os.environ.get("TANDEM_XCLBIN"):
+        return None
+    return "needs an Alveo card: set TANDEM_XCLBIN to a built xclbin on a machine with XRT"
+
+
+def pytest_collection_modifyitems(config, items):
+    reasons = {}
+    for item in items:
+        for marker, probe in (("gpu", _cuda_reason), ("board", _board_reason)):
+            if marker in item.keywords:
+                if marker not in reasons:
+                    reasons[marker] = probe()
+                if reasons[marker]:
+                    item.add_marker(pytest.mark.skip(reason=reasons[marker]))
+
+
+# -- shared fixtures: a tiny corpus and a tiny HF-format checkpoint with its own tokenizer ----
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A prepared corpus from the first 60 stdlib files, with a 512-token BPE."""
+    from models.data import prepare_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    prepare_corpus(out, vocab_size=512, val_fraction=0.2, limit_files=60, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_corpus):
+    """A randomly initialised 2-layer GPT-2 (3 heads) saved with the tiny corpus' tokenizer."""
+    import shutil
+
+    import torch
+
+    from models import GPT2Config, GPT2LMHead
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=512, n_positions=64, n_embd=48, n_layer=2, n_head=3)
+    out = tmp_path_factory.mktemp("ckpt")
+    GPT2LMHead(config).save_pretrained(out)
+    shutil.copyfile(tiny_corpus / "tokenizer.json", out / "tokenizer.json")
+    return out
