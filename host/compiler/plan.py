@@ -1,0 +1,251 @@
+"""How a GPT-2 maps onto D devices: partition, padded layouts, vector-buffer and HBM plans.
+
+Partitioning follows DFX. Attention is split by heads (device d owns heads
+d*H/D .. (d+1)*H/D - 1 and their KV cache). Every fully-connected layer is split by output
+columns, so each output element is computed whole on one device, in the lane's fixed order, and
+the slices go round the ring (ALLGATHER) so that every device holds the whole vector. No partial
+sums cross devices, so the tokens are bit-identical for every device count.
+
+Padded layouts keep every vector slice aligned to `align` = max(lane_width, vector_width):
+- a hidden vector (C values) is D slices of C/D values, each padded to `c_lp`: `cp` = D * c_lp
+  words, the gaps always zero;
+- each attention head's q/k/v/output is padded from `hd` to `hdp`;
+- the MLP hidden vector is D slices of I/D values padded to `i_lp`: `ip` = D * i_lp.
+Zero rows and columns in the weight images keep the gaps zero; LayerNorm multiplies its centred
+vector by `cmask` (1 for values, 0 for gaps) when gaps exist, so they never reach a variance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from hw.config import AccelConfig
+from hw.layout import DESC, matrix_bytes_per_channel, vector_bytes_per_channel
+
+from ..errors import UsageError
+
+__all__ = ["CompileError", "ModelShape", "Plan", "make_plan"]
+
+
+class CompileError(UsageError):
+    """A model that cannot be mapped onto a config; the message names the limit."""
+
+
+def _up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The parts of a GPT-2 configuration the compiler needs."""
+
+    vocab_size: int
+    n_positions: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_inner: int
+    layer_norm_epsilon: float = 1e-5
+    activation: str = "tanh"  # GELU form; the accelerator implements the tanh form
+    tied_head: bool = True  # the LM head is the token embedding (GPT-2's default)
+
+    @classmethod
+    def from_config(cls, config) -> ModelShape:
+        from models.config import ACTIVATIONS
+
+        return cls(config.vocab_size, config.n_positions, config.n_embd, config.n_layer,
+                   config.n_head, config.inner_dim, config.layer_norm_epsilon,
+                   ACTIVATIONS[config.activation_function], config.tie_word_embeddings)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def weight_bytes_fp16(self) -> int:
+        """Bytes of FP16 weights streamed per token (all layers plus the tied LM head)."""
+        c, i = self.n_embd, self.n_inner
+        per_layer = c * 3 * c + c * c + c * i + i * c
+        return 2 * (self.n_layer * per_layer + self.vocab_size * c)
+
+
+@dataclass
+class Region:
+    """A named allocation: VBUF words, or bytes per HBM channel at the same offset in each."""
+
+    offset: int
+    size: int
+
+
+@dataclass
+class Plan:
+    shape: ModelShape
+    config: AccelConfig
+    # partition (per device)
+    heads_local: int
+    hd: int
+    hdp: int
+    c_l: int
+    c_lp: int
+    cp: int
+    i_l: int
+    i_lp: int
+    ip: int
+    hp: int  # all heads, padded: n_head * hdp
+    qkv_rows: int  # 3 * heads_local * hdp
+    tp: int  # n_positions padded to align
+    vocab_local: int  # wte rows per device slice (a multiple of the port count)
+    vocab_rows: list[int]  # real vocabulary rows on each device
+    chunk: int  # most tokens one pass processes (prefill chunk)
+    gaps: bool  # padded layouts contain gaps (LayerNorm needs cmask)
+    # beats per row of each matrix
+    ldb_c: int
+    ldb_h: int
+    ldb_i: int
+    ldb_hd: int
+    ldb_t: int
+    vbuf: dict[str, Region] = field(default_factory=dict)
+    hbm: dict[str, Region] = field(default_factory=dict)
+    layer_regions: dict[str, Region] = field(default_factory=dict)  # offsets inside a layer
+    kv_regions: dict[str, Region] = field(default_factory=dict)  # offsets inside a KV layer
+    layer_stride: int = 0
+    kv_stride: int = 0
+    par: dict[str, Region] = field(default_factory=dict)  # parameter vector fields (words)
+
+    @property
+    def devices(self) -> int:
+        return self.config.devices
+
+    def summary(self) -> dict:
+        out = {k: v for k, v in asdict(self).items()
+               if k not in ("shape", "config", "vbuf", "hbm", "layer_regions", "kv_regions",
+                            "par")}
+        out["vbuf_words_used"] = max(r.offset + r.size for r in self.vbuf.values())
+        out["hbm_bytes_per_channel"] = max(r.offset + r.size for r in self.hbm.values())
+        return out
+
+
+def make_plan(shape: ModelShape, config: AccelConfig, max_chunk: int = 128) -> Plan:
+    d = config.devices
+    a = config.align
+    w = config.lane_width
+    if shape.activation != "tanh":
+        raise CompileError("the accelerator's GELU is the tanh form (GPT-2's gelu_new); "
+                           "this model uses the erf form")
+    if shape.n_head % d:
+        raise CompileError(f"n_head ({shape.n_head}) is not divisible by devices ({d}); "
+                           "attention is split by heads")
+    if shape.n_inner % d:
+        raise CompileError(f"the MLP width ({shape.n_inner}) is not divisible by devices ({d})")
+    hl = shape.n_head // d
+    hd = shape.head_dim
+    hdp = _up(hd, a)
+    c_l = shape.n_embd // d
+    c_lp = _up(c_l, a)
+    i_l = shape.n_inner // d
+    i_lp = _up(i_l, a)
+    vocab_local = _up(-(-shape.vocab_size // d), config.hbm_ports)
+    vocab_rows = [max(0, min(vocab_local, shape.vocab_size - k * vocab_local)) for k in range(d)]
+    if min(vocab_rows) == 0:
+        raise CompileError(f"a vocabulary of {shape.vocab_size} cannot be split over {d} "
+                           f"devices of {config.hbm_ports} ports; use fewer devices")
+    p = Plan(
+        shape=shape, config=config, heads_local=hl, hd=hd, hdp=hdp, c_l=c_l, c_lp=c_lp,
+        cp=d * c_lp, i_l=i_l, i_lp=i_lp, ip=d * i_lp, hp=shape.n_head * hdp,
+        qkv_rows=3 * hl * hdp, tp=_up(shape.n_positions, a), vocab_local=vocab_local,
+        vocab_rows=vocab_rows, chunk=0, gaps=(c_lp != c_l),
+        ldb_c=0, ldb_h=0, ldb_i=0, ldb_hd=0, ldb_t=0,
+    )
+    p.ldb_c, p.ldb_h, p.ldb_i = p.cp // w, p.hp // w, p.ip // w
+    p.ldb_hd, p.ldb_t = hdp // w, p.tp // w
+    _plan_vbuf(p, max_chunk)
+    _plan_hbm(p)
+    return p
+
+
+def _plan_vbuf(p: Plan, max_chunk: int) -> None:
+    cfg = p.config
+    a = cfg.align
+    # parameter vector of one layer, in the order the HBM image stores it
+    par_fields = [("ln1_g", p.cp), ("ln1_b", p.cp), ("attn_b", p.qkv_rows), ("proj_b", p.c_lp),
+                  ("ln2_g", p.cp), ("ln2_b", p.cp), ("fc_b", p.i_lp), ("fcproj_b", p.c_lp)]
+    off = 0
+    for name, size in par_fields:
+        p.par[name] = Region(off, size)
+        off += _up(size, a)
+    par_words = off
+    fixed = [("par", par_words), ("lnf", 2 * p.cp), ("cmask", p.cp), ("tmp", p.cp),
+             ("scores", p.heads_local * p.tp), ("logits", _up(p.vocab_local, a)),
+             ("head_in", p.cp)]
+    per_token = [("x", p.cp), ("h", p.cp), ("qkv", p.qkv_rows), ("att", p.hp), ("y", p.cp),
+                 ("m", p.ip)]
+    fixed_words = sum(_up(s, a) for _, s in fixed)
+    token_words = sum(_up(s, a) for _, s in per_token)
+    room = cfg.vbuf_words - fixed_words
+    if room < token_words:
+        raise CompileError(
+            f"the vector buffer needs {fixed_words + token_words} words for one token; the "
+            f"config has vbuf_words={cfg.vbuf_words}"
+        )
+    fit = room // token_words
+    chunk = min(max_chunk, p.shape.n_positions, 2 ** int(math.log2(fit)))
+    p.chunk = chunk
+    off = 0
+    for name, size in fixed:
+        p.vbuf[name] = Region(off, _up(size, a))
+        off += _up(size, a)
+    for name, size in per_token:
+        p.vbuf[name] = Region(off, chunk * _up(size, a))
+        off += chunk * _up(size, a)
+
+
+def _plan_hbm(p: Plan) -> None:
+    cfg = p.config
+    ports, beat, w = cfg.hbm_ports, cfg.beat_bytes, cfg.lane_width
+    if DESC.size(p.shape.n_positions) > cfg.scalar_area_bytes:
+        raise CompileError(f"a {p.shape.n_positions}-token job descriptor needs "
+                           f"{DESC.size(p.shape.n_positions)} bytes of scalar area; the config "
+                           f"has scalar_area_bytes={cfg.scalar_area_bytes}")
+
+    def mat(rows, ldb):
+        return matrix_bytes_per_channel(rows, ldb, ports, beat)
+
+    def vec(n):
+        return vector_bytes_per_channel(n, w, ports, beat)
+
+    off = cfg.scalar_area_bytes
+    vocab_matrix = mat(cfg.devices * p.vocab_local, p.ldb_c)
+    regions = [("wte", vocab_matrix), ("wpe", mat(p.shape.n_positions, p.ldb_c)),
+               ("lnf", vec(2 * p.cp)), ("cmask", vec(p.cp))]
+    if not p.shape.tied_head:
+        regions.append(("lm_head", vocab_matrix))
+    for name, size in regions:
+        p.hbm[name] = Region(off, size)
+        off += size
+    par_words = sum(_up(r.size, cfg.align) for r in p.par.values())
+    inner = 0
+    for name, size in [("par", vec(par_words)),
+                       ("c_attn", mat(p.qkv_rows, p.ldb_c)),
+                       ("c_proj", mat(p.c_l, p.ldb_h)),
+                       ("c_fc", mat(p.i_l, p.ldb_c)),
+                       ("c_fcproj", mat(p.c_l, p.ldb_i))]:
+        p.layer_regions[name] = Region(inner, size)
+        inner += size
+    p.layer_stride = inner
+    p.hbm["layers"] = Region(off, p.shape.n_layer * inner)
+    off += p.shape.n_layer * inner
+    inner = 0
+    for h in range(p.heads_local):
+        for name, size in [(f"k{h}", mat(p.shape.n_positions, p.ldb_hd)),
+                           (f"v{h}", mat(p.hdp, p.ldb_t))]:
+            p.kv_regions[name] = Region(inner, size)
+            inner += size
+    p.kv_stride = inner
+    p.hbm["kv"] = Region(off, p.shape.n_layer * inner)
+    off += p.shape.n_layer * inner
+    if off > cfg.hbm_channel_bytes:
+        raise CompileError(
+            f"the model needs {off / 2**20:.1f} MiB in each HBM channel; the config has "
+            f"{cfg.hbm_channel_bytes / 2**20:.1f} MiB (hbm_channel_bytes); use more devices "
+            "or a board with larger channels"
+        )

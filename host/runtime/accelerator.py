@@ -1,0 +1,115 @@
+"""Generation on the accelerator: compile once, then per request write the job descriptor,
+start the devices, and turn their TOKOUT events into timed steps.
+
+The devices decode greedily (argmax on device, across the ring), so requests must have
+temperature 0. `ms` of a step is device time at the configured clock (cycles / clock), not the
+simulator's wall time, which is reported as `wall_ms`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from hw.config import AccelConfig
+from hw.layout import DESC
+from hw.perf import CATEGORIES, hbm_utilization
+
+from ..compiler import compile_model
+from ..errors import UsageError
+from .generation import GenerationRequest, Step
+from .isa import IsaCluster
+
+__all__ = ["AcceleratorBackend"]
+
+
+class AcceleratorBackend:
+    """A compiled model on a cluster of devices (the `isa` simulator today)."""
+
+    greedy_only = True  # argmax runs on the devices; sampling would need the logits on the host
+
+    def __init__(self, model: nn.Module, config: AccelConfig, return_logits: bool = False,
+                 name: str = "isa") -> None:
+        self.name = name
+        self.model = model
+        self.config = config
+        self.compiled = compile_model(model, config)
+        self.cluster = IsaCluster(config)
+        self.cluster.load(self.compiled.programs, self.compiled.images)
+        self.return_logits = return_logits
+
+    def describe(self) -> dict[str, Any]:
+        plan = self.compiled.plan
+        return {"backend": self.name, "config": self.config.name, "devices": self.config.devices,
+                "clock_mhz": self.config.clock_mhz, "prefill_chunk": plan.chunk,
+                "program_instructions": len(self.compiled.programs[0])}
+
+    def _write_job(self, request: GenerationRequest, pos0: int = 0) -> None:
+        n_pos = self.model.config.n_positions
+        for d in range(len(self.cluster.devices)):
+            self.cluster.write_i32(d, DESC.N_PROMPT, [len(request.prompt_ids)])
+            self.cluster.write_i32(d, DESC.POS0, [pos0])
+            self.cluster.write_i32(d, DESC.MAX_NEW, [request.max_new_tokens])
+            self.cluster.write_i32(d, DESC.N_OUT, [0])
+            self.cluster.write_i32(d, DESC.PROMPT, request.prompt_ids)
+            self.cluster.write_i32(d, DESC.out_tokens(n_pos), np.zeros(n_pos, np.int32))
+
+    def stream(self, request: GenerationRequest) -> Iterator[Step]:
+        if request.temperature != 0:
+            raise UsageError(f"the {self.name} backend decodes greedily (argmax on the "
+                             "devices); use --temperature 0")
+        self.model.check_prompt(request.prompt_ids, request.max_new_tokens)
+        self._write_job(request)
+        self.cluster.start()
+        devices = self.cluster.devices
+        for dev in devices:
+            dev.argmax_inputs = [] if self.return_logits else None
+        out_base = DESC.out_tokens(self.model.config.n_positions)
+        out_end = out_base + 4 * request.max_new_tokens
+        state = {"seen": 0, "wall": time.perf_counter(),
+                 "prev": {"cycles": 0.0, "breakdown": dict.fromkeys(CATEGORIES, 0.0),
+                          "weight_bytes": 0, "kv_bytes": 0}}
+        emitted: list[int] = []
+
+        def new_steps() -> Iterator[Step]:
+            events = devices[0].events
+            while state["seen"] < len(events):
+                addr, token, snap = events[state["seen"]]
+                state["seen"] += 1
+                if not out_base <= addr < out_end:
+                    continue
+                now = time.perf_counter()
+                step = self._step(token, snap, state["prev"], len(emitted), now - state["wall"])
+                state["wall"], state["prev"] = now, snap
+                emitted.append(token)
+                yield step
+
+        for _ in self.cluster.run():
+            yield from new_steps()
+        yield from new_steps()  # the last token is written after the last collective
+        stored = self.cluster.read_i32(0, out_base, request.max_new_tokens).tolist()
+        if stored != emitted or len(emitted) != request.max_new_tokens:
+            raise RuntimeError(f"device output {stored} disagrees with its TOKOUT stream "
+                               f"{emitted}")
+
+    def _step(self, token: int, snap: dict, prev: dict, index: int, wall_s: float) -> Step:
+        cycles = snap["cycles"] - prev["cycles"]
+        moved = snap["weight_bytes"] + snap["kv_bytes"] - prev["weight_bytes"] - prev["kv_bytes"]
+        extra: dict[str, Any] = {
+            "cycles": round(cycles, 1),
+            "breakdown": {k: round(snap["breakdown"][k] - prev["breakdown"][k], 1)
+                          for k in CATEGORIES},
+            "hbm_utilization": round(hbm_utilization(moved * len(self.cluster.devices),
+                                                     cycles, self.config)
+                                     / self.config.devices, 4),
+            "wall_ms": round(wall_s * 1e3, 3),
+        }
+        if self.return_logits:
+            extra["logits"] = np.concatenate(
+                [dev.argmax_inputs[index] for dev in self.cluster.devices]
+            ).astype(np.float32).tolist()
+        return Step(token, self.config.cycles_to_ms(cycles), extra)

@@ -1,0 +1,82 @@
+"""Timing-only projections for full-size models: the compiled program run by the `isa`
+simulator with no arithmetic. Every figure is a projection of the timing model in `hw.perf`,
+and is labelled so wherever it is printed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from hw.config import AccelConfig
+from hw.layout import DESC
+from hw.perf import CATEGORIES, hbm_utilization
+
+from ..compiler import ModelShape, compile_model
+from ..errors import UsageError
+from .isa import IsaCluster
+
+__all__ = ["MODEL_SHAPES", "project"]
+
+_GPT2 = {"vocab_size": 50257, "n_positions": 1024}
+#: Full-size models by name (shapes only: projections need no weights).
+MODEL_SHAPES: dict[str, ModelShape] = {
+    "gpt2-345m": ModelShape(n_embd=1024, n_layer=24, n_head=16, n_inner=4096, **_GPT2),
+    "gpt2-774m": ModelShape(n_embd=1280, n_layer=36, n_head=20, n_inner=5120, **_GPT2),
+    "gpt2-1.5b": ModelShape(n_embd=1600, n_layer=48, n_head=25, n_inner=6400, **_GPT2),
+    # the variant DFX evaluated: 24 heads of 64 so that 4 devices split it evenly
+    "dfx-1.5b": ModelShape(n_embd=1536, n_layer=48, n_head=24, n_inner=6144, **_GPT2),
+}
+
+
+def project(shape: ModelShape, config: AccelConfig, input_len: int, output_len: int,
+            fast_forward: bool = True) -> dict:
+    """Latency of generating `output_len` tokens after an `input_len`-token prompt, all on the
+    devices (prefill as matrix-matrix passes, then decode), from the timing model."""
+    if input_len < 1 or output_len < 1:
+        raise UsageError("input and output lengths must be at least 1")
+    if input_len + output_len > shape.n_positions:
+        raise UsageError(f"input ({input_len}) + output ({output_len}) exceeds the model's "
+                         f"context of {shape.n_positions}")
+    compiled = compile_model(shape, config)
+    cluster = IsaCluster(config, functional=False, symmetric=True)
+    cluster.load(compiled.programs, None)
+    device = cluster.devices[0]
+    if fast_forward:
+        device.loop_hints = compiled.loop_hints(0)
+    cluster.write_i32(0, DESC.N_PROMPT, [input_len])
+    cluster.write_i32(0, DESC.POS0, [0])
+    cluster.write_i32(0, DESC.MAX_NEW, [output_len])
+    cluster.start()
+    cluster.wait()
+    out = DESC.out_tokens(shape.n_positions)
+    snaps = [snap for addr, _, snap in device.events if addr >= out]
+    ms = config.cycles_to_ms
+    first, last = snaps[0], snaps[-1]
+    decode_steps = len(snaps) - 1
+    result = {
+        "label": "projection of the timing model (hw/perf.py), not a measurement",
+        "model": asdict(shape),
+        "config": config.name,
+        "devices": config.devices,
+        "clock_mhz": config.clock_mhz,
+        "input_len": input_len,
+        "output_len": output_len,
+        "prefill_ms": ms(first["cycles"]),
+        "total_ms": ms(last["cycles"]),
+        "ms_per_token": 0.0,
+        "hbm_utilization": None,
+        "breakdown": None,
+        "floor_ms_per_token": shape.weight_bytes_fp16() / config.devices
+        / (config.hbm_peak_gbps * 1e9) * 1e3,
+        "prefill_chunk": compiled.plan.chunk,
+    }
+    if decode_steps:
+        cycles = last["cycles"] - first["cycles"]
+        moved = last["weight_bytes"] + last["kv_bytes"] - first["weight_bytes"] \
+            - first["kv_bytes"]
+        result["ms_per_token"] = ms(cycles) / decode_steps
+        result["hbm_utilization"] = hbm_utilization(moved, cycles, config)
+        result["breakdown"] = {k: ms(last["breakdown"][k] - first["breakdown"][k])
+                               / decode_steps for k in CATEGORIES}
+        result["roofline_fraction"] = result["floor_ms_per_token"] / result["ms_per_token"]
+    return result

@@ -1,0 +1,487 @@
+"""The Tandem instruction set: the single source of truth for opcodes, fields and encodings.
+
+Every instruction is one 256-bit word: the opcode in bits [7:0], then the operand fields of
+that opcode packed upward from bit 8 in the order `OPCODES` lists them. The RTL decoder is
+generated from `OPCODES` and `field_layout()`, the compiler emits `Instr` objects, and the
+assembler/disassembler round-trip the text form; no offset or width is written anywhere else.
+
+Operand kinds (`KINDS`):
+- `reg`    an integer register r0..r15 (r0 reads as 0, writes are dropped);
+- `sreg`   an FP32 scalar register s0..s15;
+- `vaddr`  a vector-buffer element address: 22-bit immediate + register (`0x400+r3`);
+- `haddr`  an HBM byte offset: 32-bit immediate + register. For matrix and vector operands it
+           is the offset inside every pseudo-channel (data is striped, see `hw.layout`); for
+           LDR/TOKOUT it is a byte offset in channel 0's scalar area;
+- `count`  a length or index: 20-bit immediate + register (`64`, `r5`, `1+r5`);
+- `u16`, `u22`: unsigned immediates; `i32`: signed immediate; `f32`, `f16`: float immediates;
+- `target` an instruction index (a label in assembly text);
+- `flags`  named bits (`flags=bias|prefetched`).
+
+Register-based (dynamic) addresses exist so one compiled program serves every prompt, layer
+and position, and so MoE expert weights can be selected at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "KINDS",
+    "NUM_REGS",
+    "OPCODES",
+    "WORD_BITS",
+    "Instr",
+    "IsaError",
+    "OpSpec",
+    "Operand",
+    "assemble",
+    "decode",
+    "decode_program",
+    "disassemble",
+    "encode",
+    "encode_program",
+    "field_layout",
+    "resolve",
+]
+
+WORD_BITS = 256
+OPCODE_BITS = 8
+NUM_REGS = 16
+REG_BITS = 4
+
+
+class IsaError(ValueError):
+    """A malformed instruction, program word or assembly line."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    imm_bits: int  # width of the immediate part (0 for register-only kinds)
+    has_reg: bool  # an index register follows the immediate
+    signed: bool = False
+    fmt: str = "int"  # int | reg | sreg | f32 | f16 | target | flags
+
+
+KINDS: dict[str, Kind] = {
+    "reg": Kind(REG_BITS, False, fmt="reg"),
+    "sreg": Kind(REG_BITS, False, fmt="sreg"),
+    "vaddr": Kind(22, True),
+    "haddr": Kind(32, True),
+    "count": Kind(20, True),
+    "u16": Kind(16, False),
+    "u22": Kind(22, False),
+    "i32": Kind(32, False, signed=True),
+    "f32": Kind(32, False, fmt="f32"),
+    "f16": Kind(16, False, fmt="f16"),
+    "target": Kind(16, False, fmt="target"),
+    "flags": Kind(4, False, fmt="flags"),
+}
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    code: int
+    name: str
+    fields: tuple[tuple[str, str], ...]  # (operand name, kind)
+    unit: str  # ctrl | dma | mpu | vpu | sfu | scalar | ring: the engine that executes it
+    flags: tuple[str, ...] = ()  # names of the bits of the `flags` field, bit 0 first
+    doc: str = ""
+
+
+def _op(code, name, unit, doc, *fields, flags=()):
+    return OpSpec(code, name, tuple(f.split(":") for f in fields), unit, flags, doc)
+
+
+_SPECS = [
+    # -- control ---------------------------------------------------------------------------
+    _op(0x00, "NOP", "ctrl", "do nothing"),
+    _op(0x01, "HALT", "ctrl", "stop; raises ap_done once every unit is idle"),
+    _op(0x02, "LI", "ctrl", "rd = imm", "rd:reg", "imm:i32"),
+    _op(0x03, "ADDI", "ctrl", "rd = ra + imm", "rd:reg", "ra:reg", "imm:i32"),
+    _op(0x04, "ADD", "ctrl", "rd = ra + rb", "rd:reg", "ra:reg", "rb:reg"),
+    _op(0x05, "SUB", "ctrl", "rd = ra - rb", "rd:reg", "ra:reg", "rb:reg"),
+    _op(0x06, "MUL", "ctrl", "rd = ra * rb (low 32 bits)", "rd:reg", "ra:reg", "rb:reg"),
+    _op(0x07, "MULI", "ctrl", "rd = ra * imm (low 32 bits)", "rd:reg", "ra:reg", "imm:i32"),
+    _op(0x08, "MIN", "ctrl", "rd = min(ra, rb), signed", "rd:reg", "ra:reg", "rb:reg"),
+    _op(0x09, "BLT", "ctrl", "if ra < rb (signed) goto target", "ra:reg", "rb:reg",
+        "target:target"),
+    _op(0x0A, "BGE", "ctrl", "if ra >= rb (signed) goto target", "ra:reg", "rb:reg",
+        "target:target"),
+    _op(0x0B, "BEQ", "ctrl", "if ra == rb goto target", "ra:reg", "rb:reg", "target:target"),
+    _op(0x0C, "BNE", "ctrl", "if ra != rb goto target", "ra:reg", "rb:reg", "target:target"),
+    _op(0x0D, "JMP", "ctrl", "goto target", "target:target"),
+    _op(0x0E, "LDR", "dma", "rd = 32-bit word at channel-0 scalar-area byte addr",
+        "rd:reg", "addr:haddr"),
+    _op(0x0F, "TOKOUT", "dma", "write ra as a 32-bit token to channel-0 byte addr",
+        "ra:reg", "addr:haddr"),
+    # -- DMA between HBM and the vector buffer --------------------------------------------
+    _op(0x10, "LOADV", "dma", "vbuf[dst:dst+len] = striped vector at src",
+        "dst:vaddr", "src:haddr", "len:count"),
+    _op(0x11, "STOREV", "dma", "striped vector at dst = vbuf[src:src+len]",
+        "dst:haddr", "src:vaddr", "len:count"),
+    _op(0x12, "LOADR", "dma", "vbuf[dst:dst+len] = row `row` of the matrix at mat",
+        "dst:vaddr", "mat:haddr", "ldb:u16", "row:count", "len:count"),
+    _op(0x13, "STORER", "dma", "row `row` of the matrix at mat = vbuf[src:src+len]",
+        "mat:haddr", "ldb:u16", "row:count", "src:vaddr", "len:count"),
+    _op(0x14, "STOREC", "dma", "column `col` of the matrix at mat, rows 0..len-1 = vbuf[src..]",
+        "mat:haddr", "ldb:u16", "col:count", "src:vaddr", "len:count"),
+    # -- matrix processing unit ----------------------------------------------------------
+    _op(0x20, "MM", "mpu",
+        "for t < ntok, r < rows: dst[t*dstride + r] = round(dot(W[r, :cols], src[t*sstride:]) "
+        "(+ bias[r])); with mask, rows..align-1 of each output are -Inf",
+        "dst:vaddr", "src:vaddr", "w:haddr", "ldb:u16", "rows:count", "cols:count",
+        "ntok:count", "dstride:u22", "sstride:u22", "bias:u22", "flags:flags",
+        flags=("bias", "mask", "prefetched")),
+    _op(0x21, "PREFETCH", "mpu", "stream a weight matrix into the lanes' FIFOs for the next "
+        "MM with flags=prefetched", "w:haddr", "ldb:u16", "rows:count", "cols:count"),
+    # -- vector processing unit and special functions ------------------------------------
+    _op(0x30, "VADD", "vpu", "dst = vadd(a, b)", "dst:vaddr", "a:vaddr", "b:vaddr", "len:count"),
+    _op(0x31, "VMUL", "vpu", "dst = vmul(a, b)", "dst:vaddr", "a:vaddr", "b:vaddr", "len:count"),
+    _op(0x32, "VFMA", "vpu", "dst = vfma(a, b, c)", "dst:vaddr", "a:vaddr", "b:vaddr",
+        "c:vaddr", "len:count"),
+    _op(0x33, "VADDS", "vpu", "dst = vadd(a, +-s) with s the FP32 scalar",
+        "dst:vaddr", "a:vaddr", "s:sreg", "len:count", "flags:flags", flags=("neg",)),
+    _op(0x34, "VMULS", "vpu", "dst = vmul(a, round_fp16(s))",
+        "dst:vaddr", "a:vaddr", "s:sreg", "len:count"),
+    _op(0x35, "VEXP", "sfu", "dst = exp(a)", "dst:vaddr", "a:vaddr", "len:count"),
+    _op(0x36, "VGELU", "sfu", "dst = gelu(a)", "dst:vaddr", "a:vaddr", "len:count"),
+    _op(0x37, "VSUM", "vpu", "sd = reduce_sum(a) (FP32)", "sd:sreg", "a:vaddr", "len:count"),
+    _op(0x38, "VMAX", "vpu", "sd = widen(reduce_max(a))", "sd:sreg", "a:vaddr", "len:count"),
+    _op(0x39, "VDOT", "vpu", "sd = dot(a, b) (FP32)", "sd:sreg", "a:vaddr", "b:vaddr",
+        "len:count"),
+    _op(0x3A, "ARGMAX", "vpu", "rd = base + first index of max(a); sd = widen(max)",
+        "rd:reg", "sd:sreg", "a:vaddr", "len:count", "base:count"),
+    _op(0x3B, "VSET", "vpu", "vbuf[dst] = round_fp16(s)", "dst:vaddr", "s:sreg"),
+    _op(0x3C, "VGET", "vpu", "sd = widen(vbuf[src])", "sd:sreg", "src:vaddr"),
+    # -- FP32 scalar unit ------------------------------------------------------------------
+    _op(0x40, "SLI", "scalar", "sd = imm", "sd:sreg", "imm:f32"),
+    _op(0x41, "SMULI", "scalar", "sd = mul32(sa, imm)", "sd:sreg", "sa:sreg", "imm:f32"),
+    _op(0x42, "SADDH", "scalar", "sd = widen(round_fp16(add(sa, widen(imm))))",
+        "sd:sreg", "sa:sreg", "imm:f16"),
+    _op(0x43, "SRECIP", "scalar", "sd = widen(reciprocal(round_fp16(sa)))", "sd:sreg",
+        "sa:sreg"),
+    _op(0x44, "SRSQRT", "scalar", "sd = widen(rsqrt(round_fp16(sa)))", "sd:sreg", "sa:sreg"),
+    # -- ring ------------------------------------------------------------------------------
+    _op(0x50, "ALLGATHER", "ring",
+        "for t < count: device d's slice vbuf[base + t*stride + d*slice : +slice] reaches "
+        "every device", "base:vaddr", "slice:u22", "stride:u22", "count:count"),
+    _op(0x51, "ARGMAXALL", "ring", "(sd, rd) = the largest (sd, -rd) over all devices",
+        "rd:reg", "sd:sreg"),
+    _op(0x52, "SYNC", "ring", "barrier across the ring"),
+]
+
+OPCODES: dict[str, OpSpec] = {s.name: s for s in _SPECS}
+_BY_CODE: dict[int, OpSpec] = {s.code: s for s in _SPECS}
+
+
+@dataclass(frozen=True)
+class Operand:
+    """An immediate plus an optional index register (reg 0 means none)."""
+
+    imm: int | float = 0
+    reg: int = 0
+
+    def __str__(self) -> str:
+        return _format_indexed(self)
+
+
+def _field_bits(kind: Kind) -> int:
+    return kind.imm_bits + (REG_BITS if kind.has_reg else 0)
+
+
+def field_layout(op: str) -> list[tuple[str, str, int, int]]:
+    """(operand, kind, lsb, width) of each field of `op`'s word, width counting the register."""
+    spec = OPCODES[op]
+    out, lsb = [], OPCODE_BITS
+    for name, kind in spec.fields:
+        width = _field_bits(KINDS[kind])
+        out.append((name, kind, lsb, width))
+        lsb += width
+    return out
+
+
+for _spec in _SPECS:  # the table must fit the word; checked once at import
+    _used = OPCODE_BITS + sum(_field_bits(KINDS[k]) for _, k in _spec.fields)
+    assert _used <= WORD_BITS, (_spec.name, _used)
+    assert len(_spec.flags) <= KINDS["flags"].imm_bits, _spec.name
+
+
+@dataclass
+class Instr:
+    """One instruction: opcode name plus operand values (Operand for indexed kinds, int or
+    float otherwise, a label string or index for targets, a set of names for flags)."""
+
+    op: str
+    args: dict[str, object] = field(default_factory=dict)
+    comment: str = ""
+
+    def __post_init__(self) -> None:
+        spec = OPCODES.get(self.op)
+        if spec is None:
+            raise IsaError(f"unknown opcode {self.op!r}")
+        names = [n for n, _ in spec.fields]
+        unknown = sorted(set(self.args) - set(names))
+        if unknown:
+            raise IsaError(f"{self.op} has no operand {unknown[0]!r}; operands: {names}")
+        for name, kind in spec.fields:
+            k = KINDS[kind]
+            value = self.args.get(name)
+            if k.has_reg:
+                if value is None:
+                    value = Operand()
+                elif isinstance(value, int):
+                    value = Operand(value)
+                elif not isinstance(value, Operand):
+                    raise IsaError(f"{self.op}.{name} must be an int or Operand, not {value!r}")
+            elif k.fmt == "flags":
+                value = frozenset(value or ())
+                bad = sorted(value - set(spec.flags))
+                if bad:
+                    raise IsaError(f"{self.op} has no flag {bad[0]!r}; flags: {spec.flags}")
+            elif k.fmt in ("f32", "f16"):  # store the value the word will hold
+                dtype = np.float32 if k.fmt == "f32" else np.float16
+                value = float(dtype(0.0 if value is None else value))
+            elif value is None:
+                value = 0
+            self.args[name] = value
+
+    def __getitem__(self, name: str):
+        return self.args[name]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Instr) and self.op == other.op and self.args == other.args
+
+    def __str__(self) -> str:
+        return format_instr(self)
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def _check_range(op: str, name: str, value: int, bits: int, signed: bool) -> int:
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if not isinstance(value, int | np.integer) or not lo <= value <= hi:
+        raise IsaError(f"{op}.{name} = {value!r} does not fit {bits} "
+                       f"{'signed' if signed else 'unsigned'} bits ({lo}..{hi})")
+    return int(value) & ((1 << bits) - 1)
+
+
+def _encode_field(instr: Instr, name: str, kind_name: str) -> int:
+    kind = KINDS[kind_name]
+    value = instr.args[name]
+    op = instr.op
+    if kind.has_reg:
+        imm = _check_range(op, name, value.imm, kind.imm_bits, False)
+        reg = _check_range(op, f"{name}.reg", value.reg, REG_BITS, False)
+        return imm | (reg << kind.imm_bits)
+    if kind.fmt in ("reg", "sreg"):
+        return _check_range(op, name, value, REG_BITS, False)
+    if kind.fmt == "f32":
+        return int(np.asarray(value, np.float32).view(np.uint32))
+    if kind.fmt == "f16":
+        return int(np.asarray(value, np.float16).view(np.uint16))
+    if kind.fmt == "flags":
+        spec = OPCODES[op]
+        return sum(1 << spec.flags.index(f) for f in value)
+    if kind.fmt == "target" and not isinstance(value, int | np.integer):
+        raise IsaError(f"{op}.{name} is an unresolved label {value!r}")
+    return _check_range(op, name, value, kind.imm_bits, kind.signed)
+
+
+def encode(instr: Instr) -> int:
+    """The instruction as a 256-bit integer."""
+    word = OPCODES[instr.op].code
+    for name, kind, lsb, _ in field_layout(instr.op):
+        word |= _encode_field(instr, name, kind) << lsb
+    return word
+
+
+def decode(word: int, where: str = "word") -> Instr:
+    if not 0 <= word < 1 << WORD_BITS:
+        raise IsaError(f"{where} does not fit {WORD_BITS} bits")
+    code = word & ((1 << OPCODE_BITS) - 1)
+    spec = _BY_CODE.get(code)
+    if spec is None:
+        raise IsaError(f"unknown opcode 0x{code:02X} in {where}")
+    args: dict[str, object] = {}
+    used = OPCODE_BITS
+    for name, kind_name, lsb, width in field_layout(spec.name):
+        kind = KINDS[kind_name]
+        raw = (word >> lsb) & ((1 << width) - 1)
+        imm = raw & ((1 << kind.imm_bits) - 1)
+        if kind.has_reg:
+            args[name] = Operand(imm, raw >> kind.imm_bits)
+        elif kind.fmt == "f32":
+            args[name] = float(np.uint32(imm).view(np.float32))
+        elif kind.fmt == "f16":
+            args[name] = float(np.uint16(imm).view(np.float16))
+        elif kind.fmt == "flags":
+            if imm >> len(spec.flags):
+                raise IsaError(f"{where}: {spec.name} sets undefined flag bits 0x{imm:x}")
+            args[name] = frozenset(f for i, f in enumerate(spec.flags) if imm >> i & 1)
+        elif kind.signed and imm >> (kind.imm_bits - 1):
+            args[name] = imm - (1 << kind.imm_bits)
+        else:
+            args[name] = imm
+        used = lsb + width
+    if word >> used:
+        raise IsaError(f"{where}: {spec.name} has bits set above its last field (bit {used})")
+    return Instr(spec.name, args)
+
+
+def encode_program(program: Sequence[Instr]) -> np.ndarray:
+    """Instructions -> (N, 4) uint64 little-endian words (word 0 holds bits 63..0)."""
+    out = np.zeros((len(program), WORD_BITS // 64), dtype=np.uint64)
+    for i, instr in enumerate(program):
+        word = encode(instr)
+        for j in range(WORD_BITS // 64):
+            out[i, j] = (word >> (64 * j)) & 0xFFFF_FFFF_FFFF_FFFF
+    return out
+
+
+def decode_program(words: np.ndarray) -> list[Instr]:
+    words = np.asarray(words, dtype=np.uint64).reshape(-1, WORD_BITS // 64)
+    out = []
+    for i, row in enumerate(words):
+        word = sum(int(v) << (64 * j) for j, v in enumerate(row))
+        out.append(decode(word, where=f"instruction {i}"))
+    return out
+
+
+# -- text form -------------------------------------------------------------------------------
+
+_REG_RE = re.compile(r"^r(\d+)$")
+_SREG_RE = re.compile(r"^s(\d+)$")
+_INDEXED_RE = re.compile(r"^(?:(-?(?:0x[0-9a-fA-F]+|\d+))?)(?:\+?r(\d+))?$")
+_LABEL_RE = re.compile(r"^([A-Za-z_.][\w.]*):$")
+
+
+def _format_indexed(value: Operand) -> str:
+    imm = f"0x{value.imm:x}" if value.imm >= 4096 else str(value.imm)
+    if value.reg == 0:
+        return imm
+    return f"r{value.reg}" if value.imm == 0 else f"{imm}+r{value.reg}"
+
+
+def format_instr(instr: Instr, labels: dict[int, str] | None = None) -> str:
+    spec = OPCODES[instr.op]
+    parts = [instr.op]
+    for name, kind_name in spec.fields:
+        kind = KINDS[kind_name]
+        value = instr.args[name]
+        if kind.has_reg:
+            text = _format_indexed(value)
+        elif kind.fmt == "reg":
+            text = f"r{value}"
+        elif kind.fmt == "sreg":
+            text = f"s{value}"
+        elif kind.fmt in ("f32", "f16"):
+            text = repr(float(value))
+        elif kind.fmt == "flags":
+            if not value:
+                continue
+            text = "|".join(f for f in spec.flags if f in value)
+        elif kind.fmt == "target":
+            text = labels.get(value, f"@{value}") if labels and isinstance(value, int) \
+                else (value if isinstance(value, str) else f"@{value}")
+        else:
+            text = str(value)
+        parts.append(f"{name}={text}")
+    line = " ".join(parts)
+    return f"{line}  # {instr.comment}" if instr.comment else line
+
+
+def disassemble(program: Sequence[Instr]) -> str:
+    """Text with a label before every branch target; `assemble` reads it back exactly."""
+    targets = sorted({ins.args["target"] for ins in program if "target" in ins.args})
+    labels = {t: f"L{t}" for t in targets}
+    lines = []
+    for i, instr in enumerate(program):
+        if i in labels:
+            lines.append(f"{labels[i]}:")
+        lines.append("    " + format_instr(instr, labels))
+    for t in targets:  # a branch may target one past the end (a fall-through exit)
+        if t >= len(program):
+            lines.append(f"{labels[t]}:")
+    return "\n".join(lines) + "\n"
+
+
+def _parse_value(op: str, name: str, kind_name: str, text: str, where: str):
+    kind = KINDS[kind_name]
+    try:
+        if kind.has_reg:
+            m = _INDEXED_RE.match(text)
+            if not m or text == "":
+                raise ValueError
+            imm = int(m.group(1), 0) if m.group(1) else 0
+            reg = int(m.group(2)) if m.group(2) else 0
+            return Operand(imm, reg)
+        if kind.fmt in ("reg", "sreg"):
+            m = (_REG_RE if kind.fmt == "reg" else _SREG_RE).match(text)
+            if not m:
+                raise ValueError
+            return int(m.group(1))
+        if kind.fmt in ("f32", "f16"):
+            return float(text)
+        if kind.fmt == "flags":
+            return frozenset(f for f in text.split("|") if f)
+        if kind.fmt == "target":
+            return int(text[1:]) if text.startswith("@") else text
+        return int(text, 0)
+    except ValueError:
+        raise IsaError(f"{where}: {op}.{name} cannot be {text!r}") from None
+
+
+def assemble(text: str | Iterable[str]) -> list[Instr]:
+    """Parse assembly text: `OP name=value ...` per line, `label:` lines, `#` comments."""
+    lines = text.splitlines() if isinstance(text, str) else list(text)
+    program: list[Instr] = []
+    labels: dict[str, int] = {}
+    for n, raw in enumerate(lines, 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = _LABEL_RE.match(line)
+        if m:
+            if m.group(1) in labels:
+                raise IsaError(f"line {n}: label {m.group(1)!r} defined twice")
+            labels[m.group(1)] = len(program)
+            continue
+        op, *pairs = line.split()
+        spec = OPCODES.get(op.upper())
+        if spec is None:
+            raise IsaError(f"line {n}: unknown opcode {op!r}")
+        kinds = dict(spec.fields)
+        args = {}
+        for pair in pairs:
+            name, sep, value = pair.partition("=")
+            if not sep or name not in kinds:
+                raise IsaError(f"line {n}: {spec.name} has no operand {name!r}")
+            args[name] = _parse_value(spec.name, name, kinds[name], value, f"line {n}")
+        try:
+            program.append(Instr(spec.name, args))
+        except IsaError as e:
+            raise IsaError(f"line {n}: {e}") from None
+    for i, instr in enumerate(program):
+        target = instr.args.get("target")
+        if isinstance(target, str):
+            if target not in labels:
+                raise IsaError(f"instruction {i}: undefined label {target!r}")
+            instr.args["target"] = labels[target]
+    return program
+
+
+def resolve(instr: Instr, regs: Sequence[int]) -> dict[str, object]:
+    """Operand values with every index register applied: imm + regs[reg] (r0 reads 0)."""
+    out: dict[str, object] = {}
+    for name, kind in OPCODES[instr.op].fields:
+        value = instr.args[name]
+        if KINDS[kind].has_reg:
+            out[name] = value.imm + (regs[value.reg] if value.reg else 0)
+        else:
+            out[name] = value
+    return out

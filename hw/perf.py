@@ -1,0 +1,483 @@
+"""The timing model: what each instruction costs and when it may start.
+
+A device is a controller that issues instructions in program order, at most one per cycle, to
+engines that work in parallel: `ctrl` (registers and branches), `dma` (HBM <-> VBUF), `mpu` (the
+dot-product lanes), `pref` (the weight prefetcher feeding the lanes' FIFOs), `vpu` (vector,
+reduction and special-function pipelines), `scalar` (FP32 scalar unit) and `ring`.
+
+An instruction issues once (1) the previous one has issued, (2) its engine can accept it, and
+(3) its operands are ready under a scoreboard: a source (vector-buffer block, register, KV
+matrix in HBM) is ready when its last writer has finished (RAW); a destination is free once its
+last reader has read it (WAR) and its last writer has finished (WAW). An engine is pipelined: it
+accepts the next instruction `occupancy` cycles after this one, and the results appear
+`latency` cycles after that.
+
+Costs (cycles; P ports, W values per beat, rate = sustained beats per cycle per port):
+- MM of R rows x C columns for n tokens: each port streams ceil(R/P) rows of B = ceil(C/W)
+  beats, dealt to its lanes, so each of the M lanes holds ceil(R/M) rows; a lane's adder loop
+  needs `acc_interleave` (L) partial sums in flight, so it computes
+  ceil(rows_per_lane / G) * B * max(L, G*n) cycles with G = ceil(L/n) rows per group. A direct
+  MM streams its own rows. Weight MMs are prefetched: the prefetcher takes PREFETCH
+  descriptors in order (up to `prefetch_queue` waiting) and streams them into one per-port FIFO
+  of F = `prefetch_beats` beats. A matrix of N beats per port whose fetch started at s_f and
+  that has B beats buffered when its MM starts ends at
+      max(start + compute, s_f + stall + lat + N/rate, start + lat + (N - B)/rate)
+  where `stall` is the time the FIFO stood full behind the previous matrix (see
+  `Timeline._prefetched_stream`). Bursts cost `hbm_burst_gap_cycles` each.
+- DMA: striped transfers move ceil(beats/P) beats per port, a row moves its beats through one
+  port, a column append writes one beat per element.
+- VPU: ceil(len/vector_width) beats (special functions ceil(len/sfu_width)); reductions add
+  `reduce_latency_cycles`.
+- Ring (bidirectional): ceil((D-1)/2) steps, each a hop latency plus the slice's bytes at the
+  link rate; all devices start a collective together, when the last one is ready.
+
+The breakdown attributes each cycle of the run to the instruction whose completion advanced
+the finishing time, so the categories sum to the total: `weights` (prefetched weight streaming),
+`compute` (lanes compute-bound, as in prefill), `attention` (MMs streaming the KV cache),
+`vector`, `sync` (ring), `dma`, `control`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import AccelConfig
+
+__all__ = [
+    "CATEGORIES",
+    "Cost",
+    "Footprint",
+    "Timeline",
+    "footprint",
+    "hbm_utilization",
+    "mm_compute_cycles",
+    "op_cost",
+    "quantize",
+]
+
+CATEGORIES = ("weights", "compute", "attention", "vector", "sync", "dma", "control")
+_REDUCTIONS = {"VSUM", "VMAX", "VDOT", "ARGMAX"}
+_SFU = {"VEXP", "VGELU"}
+
+
+def quantize(cycles: float) -> float:
+    """Times are kept on a 1/1024-cycle grid: sums of such values stay exact in float64 (up to
+    2**43 cycles), so runs that take different but equivalent paths give identical times."""
+    return round(cycles * 1024) / 1024
+
+
+@dataclass
+class Cost:
+    engine: str
+    occupancy: float
+    latency: float
+    category: str
+    hbm_read_bytes: int = 0
+    hbm_write_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.occupancy = quantize(self.occupancy)
+        self.latency = quantize(self.latency)
+
+
+@dataclass
+class Footprint:
+    """What an instruction reads and writes, for the scoreboard."""
+
+    vreads: list[tuple[int, int]] = field(default_factory=list)  # (word, count)
+    vwrites: list[tuple[int, int]] = field(default_factory=list)
+    rreads: list[int] = field(default_factory=list)
+    rwrites: list[int] = field(default_factory=list)
+    sreads: list[int] = field(default_factory=list)
+    swrites: list[int] = field(default_factory=list)
+    hreads: list[int] = field(default_factory=list)  # HBM matrices by base offset
+    hwrites: list[int] = field(default_factory=list)
+    vr_blocks: list[slice] = field(default_factory=list)  # filled by Timeline.prepare
+    vw_blocks: list[slice] = field(default_factory=list)
+
+
+def _up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _mm_shape(v: dict, cfg: AccelConfig) -> tuple[int, int, int, int]:
+    """(rows per port, rows per lane, beats per row, tokens) of an MM or PREFETCH."""
+    rows = int(v["rows"])
+    beats = -(-int(v["cols"]) // cfg.lane_width)
+    return (-(-rows // cfg.hbm_ports), -(-rows // cfg.mpu_lanes), beats, int(v.get("ntok", 1)))
+
+
+def _stream_cycles(beats: int, cfg: AccelConfig) -> float:
+    bursts = -(-beats // cfg.hbm_burst_beats)
+    return beats / cfg.port_beats_per_cycle + bursts * cfg.hbm_burst_gap_cycles
+
+
+def mm_compute_cycles(rows_per_lane: int, beats: int, ntok: int, cfg: AccelConfig) -> int:
+    lat = cfg.acc_interleave
+    group = -(-lat // ntok)
+    return -(-rows_per_lane // group) * beats * max(lat, group * ntok)
+
+
+def op_cost(op: str, v: dict, cfg: AccelConfig) -> Cost:
+    """Cost of one instruction with resolved operand values `v` (see `hw.isa.resolve`)."""
+    align, w, ports = cfg.align, cfg.lane_width, cfg.hbm_ports
+    beat = cfg.beat_bytes
+    hbm_lat = cfg.hbm_latency_cycles
+    if op in ("NOP", "HALT", "LI", "ADDI", "ADD", "SUB", "MUL", "MULI", "MIN",
+              "BLT", "BGE", "BEQ", "BNE", "JMP"):
+        return Cost("ctrl", 1, 0, "control")
+    if op == "LDR":
+        return Cost("dma", 1, cfg.dma_latency_cycles + hbm_lat, "dma", hbm_read_bytes=4)
+    if op == "TOKOUT":
+        return Cost("dma", 1, cfg.dma_latency_cycles, "dma", hbm_write_bytes=4)
+    if op in ("LOADV", "STOREV"):
+        beats = -(-_up(int(v["len"]), align) // w)
+        per_port = -(-beats // ports)
+        occ = _stream_cycles(per_port, cfg)
+        lat = cfg.dma_latency_cycles + hbm_lat
+        nbytes = beats * beat
+        return Cost("dma", occ, lat, "dma", nbytes if op == "LOADV" else 0,
+                    nbytes if op == "STOREV" else 0)
+    if op in ("LOADR", "STORER"):
+        beats = -(-_up(int(v["len"]), align) // w)
+        lat = cfg.dma_latency_cycles + hbm_lat
+        nbytes = beats * beat
+        return Cost("dma", _stream_cycles(beats, cfg), lat, "dma",
+                    nbytes if op == "LOADR" else 0, nbytes if op == "STORER" else 0)
+    if op == "STOREC":
+        n = _up(int(v["len"]), align)
+        per_port = -(-n // ports)
+        return Cost("dma", per_port / cfg.port_beats_per_cycle,
+                    cfg.dma_latency_cycles + hbm_lat, "dma", hbm_write_bytes=n * beat)
+    if op == "MM":
+        rows_per_port, rows_per_lane, beats, ntok = _mm_shape(v, cfg)
+        compute = mm_compute_cycles(rows_per_lane, beats, ntok, cfg)
+        fetched = rows_per_port * beats
+        nbytes = ports * fetched * beat
+        if "prefetched" in v["flags"]:  # the timeline composes this with its PREFETCH
+            return Cost("mpu", compute, cfg.mpu_latency_cycles, "weights", nbytes)
+        occ = max(compute, _stream_cycles(fetched, cfg))
+        category = "compute" if compute >= occ else "attention"
+        return Cost("mpu", occ, hbm_lat + cfg.mpu_latency_cycles, category, nbytes)
+    if op == "PREFETCH":
+        return Cost("pref", 1, 0, "weights")
+    if op in _SFU:
+        beats = -(-_up(int(v["len"]), align) // cfg.sfu_width)
+        return Cost("vpu", beats, cfg.sfu_latency_cycles, "vector")
+    if op in _REDUCTIONS:
+        beats = -(-_up(int(v["len"]), align) // cfg.vector_width)
+        return Cost("vpu", beats, cfg.vpu_latency_cycles + cfg.reduce_latency_cycles, "vector")
+    if op in ("VADD", "VMUL", "VFMA", "VADDS", "VMULS"):
+        beats = -(-_up(int(v["len"]), align) // cfg.vector_width)
+        return Cost("vpu", beats, cfg.vpu_latency_cycles, "vector")
+    if op in ("VSET", "VGET"):
+        return Cost("vpu", 1, cfg.vpu_latency_cycles, "vector")
+    if op in ("SLI", "SMULI", "SADDH", "SRECIP", "SRSQRT"):
+        return Cost("scalar", 1, cfg.scalar_latency_cycles, "vector")
+    if op in ("ALLGATHER", "ARGMAXALL", "SYNC"):
+        steps = (cfg.devices - 1 + 1) // 2
+        if op == "ALLGATHER":
+            nbytes = int(v["count"]) * int(v["slice"]) * 2
+        else:
+            nbytes = 8 if op == "ARGMAXALL" else 0
+        time = steps * (cfg.ring_hop_cycles + nbytes / cfg.ring_bytes_per_cycle)
+        return Cost("ring", max(1.0, time), 0, "sync")
+    raise ValueError(f"no timing for opcode {op}")
+
+
+def footprint(op: str, v: dict, cfg: AccelConfig) -> Footprint:
+    """Scoreboard resources of an instruction (vector ranges rounded up to whole beats)."""
+    a = cfg.align
+    f = Footprint()
+
+    def vec(name: str, length: int) -> tuple[int, int]:
+        return int(v[name]), _up(int(length), a)
+
+    if op in ("LI",):
+        f.rwrites = [v["rd"]]
+    elif op in ("ADDI", "MULI"):
+        f.rreads, f.rwrites = [v["ra"]], [v["rd"]]
+    elif op in ("ADD", "SUB", "MUL", "MIN"):
+        f.rreads, f.rwrites = [v["ra"], v["rb"]], [v["rd"]]
+    elif op in ("BLT", "BGE", "BEQ", "BNE"):
+        f.rreads = [v["ra"], v["rb"]]
+    elif op == "LDR":
+        f.rwrites = [v["rd"]]
+    elif op == "TOKOUT":
+        f.rreads = [v["ra"]]
+    elif op == "LOADV":
+        f.vwrites = [vec("dst", v["len"])]
+    elif op == "STOREV":
+        f.vreads = [vec("src", v["len"])]
+    elif op == "LOADR":
+        f.vwrites = [vec("dst", v["len"])]
+        f.hreads = [int(v["mat"])]
+    elif op in ("STORER", "STOREC"):
+        f.vreads = [vec("src", v["len"])]
+        f.hwrites = [int(v["mat"])]
+    elif op == "MM":
+        ntok = int(v["ntok"])
+        f.vreads = [(int(v["src"]), (ntok - 1) * int(v["sstride"]) + _up(int(v["cols"]), a))]
+        f.vwrites = [(int(v["dst"]), (ntok - 1) * int(v["dstride"]) + _up(int(v["rows"]), a))]
+        if "bias" in v["flags"]:
+            f.vreads.append(vec("bias", v["rows"]))
+        if "prefetched" not in v["flags"]:
+            f.hreads = [int(v["w"])]
+    elif op in ("VADD", "VMUL"):
+        f.vreads = [vec("a", v["len"]), vec("b", v["len"])]
+        f.vwrites = [vec("dst", v["len"])]
+    elif op == "VFMA":
+        f.vreads = [vec("a", v["len"]), vec("b", v["len"]), vec("c", v["len"])]
+        f.vwrites = [vec("dst", v["len"])]
+    elif op in ("VADDS", "VMULS"):
+        f.vreads, f.sreads = [vec("a", v["len"])], [v["s"]]
+        f.vwrites = [vec("dst", v["len"])]
+    elif op in ("VEXP", "VGELU"):
+        f.vreads, f.vwrites = [vec("a", v["len"])], [vec("dst", v["len"])]
+    elif op in ("VSUM", "VMAX"):
+        f.vreads, f.swrites = [vec("a", v["len"])], [v["sd"]]
+    elif op == "VDOT":
+        f.vreads, f.swrites = [vec("a", v["len"]), vec("b", v["len"])], [v["sd"]]
+    elif op == "ARGMAX":
+        f.vreads = [vec("a", v["len"])]
+        f.rwrites, f.swrites = [v["rd"]], [v["sd"]]
+    elif op == "VSET":
+        f.sreads, f.vwrites = [v["s"]], [(int(v["dst"]), 1)]
+    elif op == "VGET":
+        f.vreads, f.swrites = [(int(v["src"]), 1)], [v["sd"]]
+    elif op == "SLI":
+        f.swrites = [v["sd"]]
+    elif op in ("SMULI", "SADDH", "SRECIP", "SRSQRT"):
+        f.sreads, f.swrites = [v["sa"]], [v["sd"]]
+    elif op == "ALLGATHER":
+        extent = (int(v["count"]) - 1) * int(v["stride"]) + cfg.devices * int(v["slice"])
+        f.vreads = [(int(v["base"]), extent)]
+        f.vwrites = [(int(v["base"]), extent)]
+    elif op == "ARGMAXALL":
+        f.rreads, f.sreads = [v["rd"]], [v["sd"]]
+        f.rwrites, f.swrites = [v["rd"]], [v["sd"]]
+    # indexed operands read their index registers
+    return f
+
+
+@dataclass
+class _Prefetch:
+    issue: float  # when its PREFETCH issued
+    beats: int  # beats per port
+    key: tuple  # (w, ldb, rows, cols): the MM that consumes it must match
+    fetch_start: float = 0.0  # when the prefetcher began fetching it (set when consumed)
+    fetch_end: float = 0.0  # when it requested the last beat
+    consume_start: float = 0.0  # when its MM started
+
+
+class Timeline:
+    """One device's issue timeline and scoreboard; also accumulates the breakdown."""
+
+    def __init__(self, cfg: AccelConfig) -> None:
+        self.cfg = cfg
+        self.block = cfg.align
+        blocks = -(-cfg.vbuf_words // self.block) + 1
+        self.v_write = np.zeros(blocks)  # when the last write of a block completes
+        self.v_read = np.zeros(blocks)  # when the last read of a block is done
+        self.r_ready = [0.0] * 16
+        self.s_ready = [0.0] * 16
+        self.h_write: dict[int, float] = {}
+        self.engine_free = dict.fromkeys(("ctrl", "dma", "mpu", "pref", "vpu", "scalar",
+                                          "ring"), 0.0)
+        self.next_issue = 0.0
+        self.finish = 0.0  # latest completion so far
+        self.breakdown = dict.fromkeys(CATEGORIES, 0.0)
+        self.busy = dict.fromkeys(self.engine_free, 0.0)
+        self.hbm_read_bytes = 0
+        self.hbm_write_bytes = 0
+        self.weight_bytes = 0
+        self.kv_bytes = 0
+        self.prefetch: list[_Prefetch] = []  # issued, not yet consumed, oldest first
+        self.consumed: _Prefetch | None = None  # the last prefetched matrix an MM consumed
+
+    def _blocks(self, start: int, count: int) -> slice:
+        return slice(start // self.block, -(-(start + count) // self.block))
+
+    def _prefetched_stream(self, pf: _Prefetch, start: float) -> float:
+        """When the last beat of prefetched matrix `pf` reaches its MM, which starts at `start`.
+
+        The prefetcher fetches matrices in order into one FIFO of F beats per port. It starts
+        `pf` once it has requested the previous one, and stalls while the FIFO is full: before
+        the previous matrix's MM starts, that matrix occupies min(N_prev, F) of the FIFO; once
+        it starts, the lanes (at least as fast as the port) free space as it arrives. Beats
+        still missing when `pf`'s MM starts arrive at the port's rate after the HBM latency.
+        """
+        cfg = self.cfg
+        lat, cap = cfg.hbm_latency_cycles, cfg.prefetch_beats
+        n = pf.beats
+        stream = quantize(_stream_cycles(n, cfg))
+        rate = n / stream if stream else 1.0
+        prev = self.consumed
+        fetch_start = pf.issue if prev is None else max(pf.issue, prev.fetch_end)
+        stall = 0.0
+        if prev is not None and fetch_start < prev.consume_start:
+            room = max(0, cap - min(prev.beats, cap))  # free FIFO space before prev drains
+            full_at = fetch_start + quantize(room / rate)
+            stall = max(0.0, prev.consume_start - full_at)
+        buffered = min(n, cap, max(0.0, rate * (start - fetch_start - stall)))
+        rest = quantize((n - buffered) / rate)
+        pf.fetch_start, pf.consume_start = fetch_start, start
+        pf.fetch_end = max(fetch_start + stall + stream, start + rest)
+        return max(fetch_start + stall + lat + stream, start + lat + rest)
+
+    def prepare(self, fp: Footprint) -> Footprint:
+        """Convert the vector ranges to scoreboard blocks once (footprints are cached)."""
+        fp.vr_blocks = [self._blocks(s, n) for s, n in fp.vreads]
+        fp.vw_blocks = [self._blocks(s, n) for s, n in fp.vwrites]
+        return fp
+
+    def ready(self, cost: Cost, fp: Footprint, index_regs: list[int]) -> float:
+        """Earliest cycle this instruction may issue (`fp` prepared)."""
+        t = max(self.next_issue, self.engine_free[cost.engine])
+        r_ready, s_ready = self.r_ready, self.s_ready
+        for r in fp.rreads:
+            t = max(t, r_ready[r])
+        for r in index_regs:
+            t = max(t, r_ready[r])
+        for r in fp.rwrites:
+            t = max(t, r_ready[r])
+        for s in fp.sreads:
+            t = max(t, s_ready[s])
+        for s in fp.swrites:
+            t = max(t, s_ready[s])
+        for b in fp.vr_blocks:
+            t = max(t, self.v_write[b].max())
+        for b in fp.vw_blocks:
+            t = max(t, self.v_write[b].max(), self.v_read[b].max())
+        for key in fp.hreads:
+            t = max(t, self.h_write.get(key, 0.0))
+        return float(t)
+
+    def commit(self, op: str, v: dict, cost: Cost, fp: Footprint, start: float,
+               taken_branch: bool = False) -> float:
+        """Record the instruction as issued at `start`; return when its results are ready."""
+        cfg = self.cfg
+        occupancy, category = cost.occupancy, cost.category
+        engine_start = start
+        if op == "PREFETCH":
+            rows_per_port, _, beats, _ = _mm_shape(v, cfg)
+            key = (int(v["w"]), v["ldb"], int(v["rows"]), int(v["cols"]))
+            self.prefetch.append(_Prefetch(start, rows_per_port * beats, key))
+        elif op == "MM" and "prefetched" in v["flags"]:
+            pf = self.prefetch.pop(0)
+            end_stream = self._prefetched_stream(pf, start)
+            end = max(start + cost.occupancy, end_stream)
+            occupancy = end - start
+            category = "compute" if start + cost.occupancy > end_stream else "weights"
+            self.busy["pref"] += quantize(_stream_cycles(pf.beats, cfg))
+            self.consumed = pf
+        done = start + occupancy + cost.latency
+        self.engine_free[cost.engine] = engine_start + (occupancy if op != "PREFETCH" else 0)
+        self.busy[cost.engine] += occupancy
+        self.next_issue = start + 1 + (cfg.branch_penalty_cycles if taken_branch else 0)
+        for r in fp.rwrites:
+            self.r_ready[r] = done
+        for s in fp.swrites:
+            self.s_ready[s] = done
+        for b in fp.vr_blocks:
+            np.maximum(self.v_read[b], start + occupancy, out=self.v_read[b])
+        for b in fp.vw_blocks:
+            self.v_write[b] = done
+        for key in fp.hwrites:
+            self.h_write[key] = done
+        self.hbm_read_bytes += cost.hbm_read_bytes
+        self.hbm_write_bytes += cost.hbm_write_bytes
+        if op == "MM":
+            if "prefetched" in v["flags"]:
+                self.weight_bytes += cost.hbm_read_bytes
+            else:
+                self.kv_bytes += cost.hbm_read_bytes
+        if done > self.finish:
+            self.breakdown[category] += done - self.finish
+            self.finish = done
+        return done
+
+    @property
+    def cycles(self) -> float:
+        return self.finish
+
+    # -- loop fast-forward (timing-only runs) ------------------------------------------------
+
+    def relative_state(self, t: float) -> tuple:
+        """Everything that can still delay instructions issued from cycle `t` on, relative to
+        `t`. Two equal states followed by the same instructions time them the same."""
+
+        def rel(x: float) -> float:
+            return x - t if x > t else 0.0
+
+        def pending(arr: np.ndarray) -> tuple:
+            idx = np.flatnonzero(arr > t)
+            return tuple(idx.tolist()), tuple((arr[idx] - t).tolist())
+
+        def seg(pf: _Prefetch) -> tuple:
+            return (rel(pf.issue), rel(pf.fetch_end), rel(pf.consume_start), pf.beats,
+                    pf.key[1:])
+
+        return (
+            rel(self.next_issue), rel(self.finish),
+            tuple(rel(x) for x in self.engine_free.values()),
+            tuple(rel(x) for x in self.r_ready), tuple(rel(x) for x in self.s_ready),
+            pending(self.v_write), pending(self.v_read),
+            tuple(sorted(rel(x) for x in self.h_write.values() if x > t)),
+            tuple(seg(pf) for pf in self.prefetch),
+            None if self.consumed is None else seg(self.consumed),
+        )
+
+    def counters(self) -> dict:
+        return {"breakdown": dict(self.breakdown), "busy": dict(self.busy),
+                "hbm_read_bytes": self.hbm_read_bytes, "hbm_write_bytes": self.hbm_write_bytes,
+                "weight_bytes": self.weight_bytes, "kv_bytes": self.kv_bytes}
+
+    def fast_forward(self, t: float, shift: float, delta: dict, times: int,
+                     prefetch_w_step: int = 0) -> None:
+        """Advance as if `times` more iterations, each lasting `shift` cycles and adding
+        `delta` (a `counters()` difference), ran from cycle `t`."""
+        total = shift * times
+
+        def moved(x: float) -> float:
+            return x + total if x > t else x
+
+        # the issue point and the finish line always move: each iteration advanced the finish
+        # by exactly its period, which is what the breakdown delta adds up to
+        self.next_issue += total
+        self.finish += total
+        self.engine_free = {k: moved(x) for k, x in self.engine_free.items()}
+        self.r_ready = [moved(x) for x in self.r_ready]
+        self.s_ready = [moved(x) for x in self.s_ready]
+        for arr in (self.v_write, self.v_read):
+            arr[arr > t] += total
+        self.h_write = {k: moved(x) for k, x in self.h_write.items()}
+        def shift(pf: _Prefetch) -> _Prefetch:
+            key = (pf.key[0] + prefetch_w_step * times, *pf.key[1:])
+            return _Prefetch(moved(pf.issue), pf.beats, key, moved(pf.fetch_start),
+                             moved(pf.fetch_end), moved(pf.consume_start))
+
+        self.prefetch = [shift(pf) for pf in self.prefetch]
+        if self.consumed is not None:
+            self.consumed = shift(self.consumed)
+        for name, value in delta["breakdown"].items():
+            self.breakdown[name] += value * times
+        for name, value in delta["busy"].items():
+            self.busy[name] += value * times
+        for name in ("hbm_read_bytes", "hbm_write_bytes", "weight_bytes", "kv_bytes"):
+            setattr(self, name, getattr(self, name) + delta[name] * times)
+
+    def snapshot(self) -> dict:
+        return {"cycles": self.finish, "breakdown": dict(self.breakdown),
+                "weight_bytes": self.weight_bytes, "kv_bytes": self.kv_bytes}
+
+
+def hbm_utilization(weight_and_kv_bytes: float, cycles: float, cfg: AccelConfig) -> float:
+    """Share of the HBM roofline (all ports' peak) that a stretch of `cycles` achieved."""
+    if cycles <= 0:
+        return 0.0
+    seconds = cycles / (cfg.clock_mhz * 1e6)
+    return weight_and_kv_bytes / (seconds * cfg.hbm_peak_gbps * 1e9)
+

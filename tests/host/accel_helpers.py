@@ -1,0 +1,77 @@
+"""Shared by the accelerator tests: random HF GPT-2 checkpoints and the golden comparison."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import transformers
+
+import models
+from host.runtime.accelerator import AcceleratorBackend
+from host.runtime.generation import GenerationRequest
+from hw.config import PRESETS
+
+#: Documented logit tolerance of the isa backend against the fp32 golden model:
+#: |isa - golden| <= LOGIT_ATOL + LOGIT_RTOL * |golden|. FP16 activations and FP16-rounded
+#: logits dominate: one FP16 ulp is 2**-10 relative.
+LOGIT_ATOL = 0.01
+LOGIT_RTOL = 0.004
+
+
+def hf_checkpoint(directory, vocab, n_pos, n_embd, n_layer, n_head, seed=0, scale=3.0,
+                  tied=True):
+    """A random HF GPT-2 with non-trivial biases and LayerNorms, saved to `directory`.
+    Weights are scaled up so logits are decisive, as a trained model's are."""
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=n_pos, n_embd=n_embd,
+                                  n_layer=n_layer, n_head=n_head, bos_token_id=0,
+                                  eos_token_id=0, tie_word_embeddings=tied)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+            else:
+                p.mul_(scale)
+    hf.save_pretrained(directory)
+    return models.load_model(directory)
+
+
+@dataclass
+class Agreement:
+    tokens: list[int]
+    golden_tokens: list[int]  # golden argmax along the device's own path
+    logits: np.ndarray  # (steps, vocab) from the device
+    golden_logits: np.ndarray
+    steps: list = field(default_factory=list)
+
+    @property
+    def mismatches(self) -> list[tuple[int, float, float]]:
+        """(step, fp32 top-2 margin, allowed margin) for each step whose token differs."""
+        out = []
+        for i, (a, b) in enumerate(zip(self.tokens, self.golden_tokens, strict=True)):
+            if a != b:
+                top2 = np.sort(self.golden_logits[i])[-2:]
+                allowed = 2 * (LOGIT_ATOL + LOGIT_RTOL * abs(top2[1]))
+                out.append((i, float(top2[1] - top2[0]), allowed))
+        return out
+
+    @property
+    def max_logit_excess(self) -> float:
+        """max(|isa - golden| - tolerance): <= 0 when every logit is within tolerance."""
+        err = np.abs(self.logits - self.golden_logits)
+        return float((err - (LOGIT_ATOL + LOGIT_RTOL * np.abs(self.golden_logits))).max())
+
+
+def compare_with_golden(model, prompt, n_new, devices, config="tiny") -> Agreement:
+    backend = AcceleratorBackend(model, PRESETS[config].with_devices(devices),
+                                 return_logits=True)
+    steps = list(backend.stream(GenerationRequest(list(prompt), n_new)))
+    tokens = [s.token for s in steps]
+    with torch.no_grad():  # golden logits along the device's path (teacher forcing)
+        logits, _ = model(torch.tensor([list(prompt) + tokens]))
+    golden = logits[0, len(prompt) - 1 : -1].numpy()
+    return Agreement(tokens, golden.argmax(-1).tolist(),
+                     np.array([s.extra["logits"] for s in steps], np.float32), golden, steps)
