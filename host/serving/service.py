@@ -1,0 +1,101 @@
+"""`Service`: a loaded model behind its engine, and the checks a request passes before it
+is queued (served model name, prompt tokenization, context and vocabulary)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+import models
+from models import PromptError, Tokenizer
+
+from ..checkpoints import check_tokenizer_fits, require_backend, resolve_tokenizer
+from ..errors import UsageError
+from ..runtime import make_backend
+from .config import ServeConfig
+from .engine import Engine
+from .schemas import ApiError, CompletionRequest
+
+__all__ = ["Service", "load_service"]
+
+
+@dataclass
+class Service:
+    """What the HTTP layer serves: one model under one name, through one engine."""
+
+    model: nn.Module  # for its config and check_prompt only; the engine's backend runs it
+    tokenizer: Tokenizer
+    engine: Engine
+    model_name: str  # the `model` clients send
+    config: ServeConfig
+
+    @property
+    def n_positions(self) -> int:
+        return self.model.config.n_positions
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    def facts(self) -> dict[str, Any]:
+        """The model and backend, as /health and /v1/models report them."""
+        return {"model": self.model_name, **self.engine.backend.describe(),
+                "n_positions": self.n_positions, "vocab_size": self.vocab_size,
+                "tokenizer": self.tokenizer.name}
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model_name:
+            raise ApiError(400, f"model {name!r} is not served here; send \"model\": "
+                           f"{self.model_name!r} or leave it out (see GET /v1/models)",
+                           param="model", code="model_not_found")
+
+    def prompt_ids(self, request: CompletionRequest) -> list[int]:
+        """The request's prompt as token ids; ApiError(400) if it cannot be generated from."""
+        prompt = request.prompt
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        n_ctx, n_new = self.n_positions, request.max_tokens
+        if not ids:
+            raise ApiError(400, "field 'prompt' is empty; give at least one token of prompt",
+                           param="prompt", code="empty_prompt")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ApiError(400, f"field 'prompt': token id {bad[0]} is outside the vocabulary "
+                           f"(0..{self.vocab_size - 1})", param="prompt", code="invalid_value")
+        if len(ids) + n_new > n_ctx:
+            fix = (f"lower max_tokens to {n_ctx - len(ids)} or shorten the prompt"
+                   if len(ids) < n_ctx else f"shorten the prompt below {n_ctx} tokens")
+            raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({n_new}) exceeds the "
+                           f"model's context of {n_ctx} tokens; {fix}", param="max_tokens",
+                           code="context_length_exceeded")
+        backend = self.engine.backend
+        if getattr(backend, "greedy_only", False) and request.temperature:
+            raise ApiError(400, f"the {backend.name} backend decodes greedily (argmax on the "
+                           "devices); send \"temperature\": 0", param="temperature",
+                           code="unsupported_value")
+        try:  # the model's own rules, should it have more than the above
+            self.model.check_prompt(ids, n_new)
+        except PromptError as e:
+            raise ApiError(400, str(e), param="prompt", code="invalid_prompt") from None
+        return ids
+
+
+def load_service(config: ServeConfig, model_dir: str | Path, tokenizer: str = "auto",
+                 backend: str = "torch", backend_options: dict | None = None) -> Service:
+    """Load the checkpoint and tokenizer, build the backend and an engine (not yet started).
+
+    Raises UsageError/ModelError (one line each) for a bad backend, checkpoint or tokenizer.
+    """
+    require_backend(backend)  # before the (slow) model load
+    model = models.load_model(model_dir)  # first: a bad checkpoint is the error to report
+    tok = resolve_tokenizer(model_dir, tokenizer)
+    if tok is None:
+        raise UsageError(f"{model_dir} ships no tokenizer, and serving needs one to turn text "
+                         "into tokens and back; pass --tokenizer gpt2 or a directory")
+    check_tokenizer_fits(tok, model)
+    engine = Engine(make_backend(backend, model, **(backend_options or {})), tok,
+                    config.queue_size)
+    name = config.model_name or Path(model_dir).resolve().name
+    return Service(model, tok, engine, name, config)
