@@ -77,6 +77,7 @@ __all__ = [
     "bits32",
     "check_width",
     "dot",
+    "exact_f64",
     "exp",
     "fp16_ulp_error",
     "from_bits16",
@@ -89,6 +90,7 @@ __all__ = [
     "reciprocal",
     "reduce_max",
     "reduce_sum",
+    "result_regions",
     "round_fp16",
     "rsqrt",
     "softmax",
@@ -150,6 +152,35 @@ def fp16_ulp_error(got16, exact) -> np.ndarray:
     binade = np.floor(np.log2(np.maximum(np.abs(exact), 2.0**-14)))
     err = np.abs(got - exact) / 2.0 ** (binade - 10)
     return np.where(np.isinf(got) & np.isfinite(exact), np.inf, err)
+
+
+def exact_f64(name: str, x64) -> np.ndarray:
+    """The float64 value of special function `name` (exp, reciprocal, rsqrt, gelu in GPT-2's
+    tanh form): the reference accuracy is measured against."""
+    x64 = np.asarray(x64, np.float64)
+    with np.errstate(all="ignore"):
+        if name == "exp":
+            return np.exp(x64)
+        if name == "reciprocal":
+            return 1 / x64
+        if name == "rsqrt":
+            return 1 / np.sqrt(x64)
+        if name == "gelu":
+            return 0.5 * x64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)))
+    raise ValueError(f"no float64 reference for {name!r}; use exp, reciprocal, rsqrt or gelu")
+
+
+def result_regions(x16, exact) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks of the finite inputs `x16` whose true results `exact` round to a normal FP16
+    number, to a subnormal or zero, or overflow: the three regions accuracy is judged in."""
+    exact = np.asarray(exact, np.float64)
+    with np.errstate(all="ignore"):
+        r16 = exact.astype(np.float16)
+    finite = np.isfinite(np.asarray(x16, np.float64)) & np.isfinite(exact)
+    normal = finite & np.isfinite(r16) & (np.abs(r16) >= 2.0**-14)
+    tiny = finite & (np.abs(r16) < 2.0**-14)
+    over = finite & np.isinf(r16)
+    return normal, tiny, over
 
 
 def _canon32(x: np.ndarray) -> np.ndarray:
