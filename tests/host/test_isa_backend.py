@@ -50,6 +50,10 @@ def test_default_model_agrees_with_golden():
             assert margin <= allowed
         assert len(result.mismatches) <= 0.05 * len(result.tokens)
         assert result.max_logit_excess <= 0
+        err = np.abs(result.logits - result.golden_logits)
+        print(f"default model, {devices} device(s): {len(result.mismatches)} token mismatches "
+              f"in {len(result.tokens)} steps, largest logit error {err.max():.4g} "
+              f"(largest |golden logit| {np.abs(result.golden_logits).max():.3g})")
 
 
 def test_results_do_not_depend_on_the_device_count(tmp_path):
