@@ -10,12 +10,13 @@ in well under a second).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .toolchain import available_simulators, ensure_verilator_env, verilator_make_flags
 
-__all__ = ["REPO_ROOT", "SIMULATORS", "build", "run"]
+__all__ = ["REPO_ROOT", "SIMULATORS", "build", "for_simulator", "run"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SIMULATORS = ("verilator", "icarus")
@@ -25,6 +26,32 @@ _BUILD_ARGS = {
     "verilator": ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--timing"],
     "icarus": [],
 }
+
+
+_ZERO_INIT = re.compile(r"^\s+[^\s\[]+\[\d+\] = \d+'[hd]0+;\n", re.MULTILINE)
+
+
+def for_simulator(simulator: str, source: Path) -> Path:
+    """`source` with its combinational blocks written `always_comb`, for either simulator.
+
+    Yosys writes combinational logic as `always @*` and relies on an initialised dummy register
+    to run each block once at time 0. Icarus does not treat a declaration's initialiser as an
+    event, so a block whose inputs never change (a ready that only depends on a register held
+    in reset) stays X; Verilator never runs a block that reads no variable (a constant field of
+    a struct), so the constant is lost. `always_comb` runs at time 0 by definition on both.
+    """
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
+    source = Path(source)
+    patched = source.with_suffix(".sim.v")
+    text = source.read_text().replace("always @*", "always_comb")
+    if simulator == "verilator":
+        # Verilator starts every variable at zero; memories initialised to zero element by
+        # element (Amaranth always writes them out) only cost minutes of C++ generation
+        text = _ZERO_INIT.sub("", text)
+    if not patched.is_file() or patched.read_text() != text:
+        patched.write_text(text)
+    return patched
 
 
 def _verilator_runner():
@@ -63,21 +90,28 @@ def _runner(simulator: str):
 
 
 def build(simulator: str, build_dir: Path, sources: Sequence[Path], toplevel: str,
-          includes: Sequence[Path] = ()):
-    """Compile `sources` with `toplevel` as the top module; returns the cocotb runner."""
+          includes: Sequence[Path] = (), extra_args: Sequence[str] = (),
+          cxx_opt: str | None = None, log_file: Path | None = None):
+    """Compile `sources` with `toplevel` as the top module; returns the cocotb runner.
+    `extra_args` go to the simulator's compiler after the defaults; `cxx_opt` (Verilator
+    only, e.g. "-O0") replaces the C++ optimization of the model's code, for designs whose
+    compile time outweighs their run time. `log_file` takes the build's output instead of
+    stdout."""
     runner = _runner(simulator)
     # cocotb's runner passes os.environ on to make; MAKEFLAGS is set only for the build.
     saved = os.environ.get("MAKEFLAGS")
     if simulator == "verilator":
-        os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved, verilator_make_flags()]))
+        opt = f"OPT_FAST={cxx_opt}" if cxx_opt else ""
+        os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved, verilator_make_flags(), opt]))
     try:
         runner.build(
             sources=[str(s) for s in sources],
             includes=[str(i) for i in includes],
             hdl_toplevel=toplevel,
             build_dir=str(build_dir),
-            build_args=_BUILD_ARGS[simulator],
+            build_args=[*_BUILD_ARGS[simulator], *extra_args],
             timescale=("1ns", "1ps"),
+            log_file=None if log_file is None else str(log_file),
         )
     finally:
         if saved is None:

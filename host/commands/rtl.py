@@ -1,0 +1,31 @@
+"""Hardware builds of the accelerator's RTL.
+
+`tandem rtl build --config tiny|u280|PATH --devices K --out DIR` writes the Verilog of the
+kernel (one per FPGA) and of a cluster top holding K kernels in a ring, with a manifest
+(config, register map, files); see `rtl.build`.
+"""
+
+from __future__ import annotations
+
+from hw.config import load_config
+
+NAME = "rtl"
+HELP = "write the accelerator's Verilog (kernel and K-device cluster top)"
+
+
+def add_arguments(p) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    b = sub.add_parser("build", help="write Verilog for a config",
+                       description="Write tandem_kernel.v, tandem_cluster.v and manifest.json.")
+    b.add_argument("--config", default="tiny", help="tiny, u280, u55c or a JSON file")
+    b.add_argument("--devices", type=int, default=1, help="kernels in the cluster's ring")
+    b.add_argument("--out", required=True, help="output directory")
+
+
+def run(args) -> int:
+    from rtl.build import build
+
+    config = load_config(args.config, args.devices)
+    for path in build(config, args.devices, args.out):
+        print(path)
+    return 0

@@ -1,0 +1,1 @@
+"""The Tandem core: controller, vector buffer and engines (see `rtl.core.core`)."""

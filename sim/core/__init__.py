@@ -1,0 +1,1 @@
+"""End-to-end simulation of the kernel: HDL memory and link models, the run driver."""

@@ -1,0 +1,146 @@
+"""Ladder rung 4: the RTL kernels against the `isa` backend, end to end.
+
+A random GPT-2 compiled by `host.compiler` runs on the Verilator build of `rtl.kernel.Kernel`
+(HDL memory and link models, started through the AXI4-Lite control registers) on 1 and on 2
+devices in a ring, generating 8 tokens. What holds today, and is asserted: the kernels run the
+whole compiled program to HALT without a fault, executing the same instruction stream as the
+`isa` backend pc for pc (loops, branches, ring collectives), and the backend reports the RTL's
+cycles in the `isa` backend's step JSON. What does not hold yet is pinned by strict xfails:
+bit-exact tokens and memory (the RTL's K/V values differ from the first layer on) and total
+cycles within 5% of the timing model.
+
+Each device count is simulated once per module (a few minutes under Verilator); the build is
+cached under build/sim/verilator/ and reused while the RTL is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from host.cli import main
+from host.runtime.accelerator import AcceleratorBackend
+from host.runtime.generation import GenerationRequest, make_backend
+from host.runtime.rtl.timing import compare
+from hw.config import load_config
+from hw.perf import CATEGORIES
+from sim.toolchain import available_simulators
+
+from ..host.accel_helpers import hf_checkpoint
+
+pytestmark = [pytest.mark.rtl, pytest.mark.slow]
+
+PROMPT = [3, 5, 7, 9]
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    reason = available_simulators()["verilator"]
+    if reason:
+        pytest.skip(reason)
+    path = tmp_path_factory.mktemp("e2e")
+    # 1 layer, 2 heads of 16: the smallest model that still splits over 2 devices
+    return path, hf_checkpoint(path, 97, 24, 32, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return checkpoint[1]
+
+
+@pytest.fixture(scope="module")
+def runs(model):
+    """devices -> (isa backend, rtl backend, isa steps, rtl steps), each simulated once."""
+    cache = {}
+
+    def get(devices: int):
+        if devices not in cache:
+            request = GenerationRequest(list(PROMPT), NEW_TOKENS)
+            isa = AcceleratorBackend(model, load_config("tiny", devices))
+            isa_steps = list(isa.stream(request))
+            rtl = make_backend("rtl", model, config="tiny", devices=devices)
+            rtl_steps = list(rtl.stream(request))
+            cache[devices] = (isa, rtl, isa_steps, rtl_steps)
+        return cache[devices]
+
+    return get
+
+
+def _differing_bytes(a: np.ndarray, b: np.ndarray) -> list[int]:
+    """Byte offsets where two memory images differ (the shorter one reads as zeros beyond)."""
+    n = max(len(a), len(b))
+    return np.flatnonzero(np.pad(a, (0, n - len(a))) != np.pad(b, (0, n - len(b)))).tolist()
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_kernels_run_the_compiled_program_to_the_end(runs, devices):
+    isa, rtl, isa_steps, rtl_steps = runs(devices)
+    assert rtl.name == "rtl"
+    status = rtl.cluster.result["devices"]
+    assert [s["done"] for s in status] == [True] * devices
+    assert [s["fault"] for s in status] == [0] * devices
+    assert len(rtl_steps) == NEW_TOKENS
+    report = {"devices": devices, "per_device": []}
+    for d, dev in enumerate(rtl.cluster.devices):
+        trace = rtl.cluster.reference.devices[d].trace
+        # compare() raises unless the RTL executed the isa backend's instruction stream
+        cmp = compare(dev.timeline, trace)
+        assert dev.executed == isa.cluster.devices[d].executed
+        assert sum(cmp["rtl_breakdown"].values()) == pytest.approx(cmp["rtl_cycles"])
+        # the kernel's own counter spans the loader and the whole timeline
+        assert dev.cycles >= dev.end - dev.timeline[0][1] > 0
+        report["per_device"].append({k: v for k, v in cmp.items() if k != "per_op"})
+    print(json.dumps(report, indent=1, default=float))
+    # the step JSON has the isa backend's shape, with the RTL's cycles in it
+    for rs, step in zip(rtl_steps, isa_steps, strict=True):
+        assert set(rs.extra) == set(step.extra)
+        assert set(rs.extra["breakdown"]) == set(CATEGORIES)
+        assert sum(rs.extra["breakdown"].values()) == pytest.approx(rs.extra["cycles"], abs=1)
+        assert rs.ms == pytest.approx(rs.extra["cycles"] / (rtl.config.clock_mhz * 1e3))
+    assert sum(s.extra["cycles"] for s in rtl_steps) <= report["per_device"][0]["rtl_cycles"]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="RTL numerics differ from isa: the K/V cache entries differ from "
+                   "layer 0, position 0 on (values, not rounding)")
+@pytest.mark.parametrize("devices", [1, 2])
+def test_tokens_and_memory_are_bit_exact_with_isa(runs, devices):
+    isa, rtl, isa_steps, rtl_steps = runs(devices)
+    assert [s.token for s in rtl_steps] == [s.token for s in isa_steps]
+    for d in range(devices):
+        for port in range(rtl.config.hbm_ports):
+            differ = _differing_bytes(rtl.cluster.image(d).channels[port],
+                                      isa.cluster.image(d).channels[port])
+            assert not differ, (f"device {d} port {port}: {len(differ)} bytes differ, first at "
+                                f"{differ[:8]}")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the RTL takes 1.4-1.5x the timing model's cycles")
+@pytest.mark.parametrize("devices", [1, 2])
+def test_cycles_are_within_5_percent_of_the_timing_model(runs, devices):
+    _, rtl, _, _ = runs(devices)
+    for d, dev in enumerate(rtl.cluster.devices):
+        cmp = compare(dev.timeline, rtl.cluster.reference.devices[d].trace)
+        assert cmp["ratio"] == pytest.approx(1.0, abs=0.05), cmp["difference"]
+
+
+def test_generate_cli_reports_rtl_cycles_as_json(checkpoint, capsys):
+    path, _ = checkpoint
+    args = ["generate", "--model", str(path), "--prompt-ids", "3,5,7,9", "--max-new-tokens",
+            "2", "--devices", "1", "--json"]
+    assert main([*args, "--backend", "isa"]) == 0
+    isa = json.loads(capsys.readouterr().out)
+    assert main([*args, "--backend", "rtl"]) == 0
+    record = json.loads(capsys.readouterr().out)  # the simulator's output stays off stdout
+    assert record["backend"] == "rtl"
+    assert record["simulator"] == "verilator"
+    assert set(record) == set(isa) | {"simulator"}
+    assert len(record["steps"]) == 2
+    for step, isa_step in zip(record["steps"], isa["steps"], strict=True):
+        assert set(step) == set(isa_step)
+        assert step["cycles"] > 0
+        assert step["ms"] == pytest.approx(step["cycles"] / 200e3, rel=1e-6)  # tiny: 200 MHz
