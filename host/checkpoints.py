@@ -15,6 +15,7 @@ from models import Tokenizer
 
 from .errors import UsageError
 from .runtime import BACKENDS
+from .runtime.prefill import PREFILL_NUMERICS, PREFILL_TARGETS
 
 __all__ = [
     "add_model_arguments",
@@ -36,12 +37,29 @@ def add_model_arguments(p) -> None:
     accel.add_argument("--config", default="tiny",
                        help="accelerator config: tiny, u280, u55c or a JSON file (default tiny)")
     accel.add_argument("--devices", type=int, default=1, help="FPGAs in the ring (default 1)")
+    accel.add_argument("--prefill", choices=PREFILL_TARGETS, default="fpga",
+                       help="where the prompt is processed: fpga (the devices, default) or gpu "
+                       "(the host's torch model on CUDA, else the CPU; the devices take the KV "
+                       "cache and process only the last prompt token)")
+    accel.add_argument("--prefill-numerics", choices=PREFILL_NUMERICS, default="torch",
+                       help="with --prefill gpu: torch (FP32 golden model, default) or exact "
+                       "(the devices' FP16 arithmetic emulated on the host: KV and tokens "
+                       "bit-identical to --prefill fpga, slow)")
 
 
 def backend_options(args) -> dict:
     """The keyword options `make_backend` passes to an accelerator backend's factory."""
-    return {"config": args.config, "devices": args.devices,
-            "return_logits": getattr(args, "return_logits", False)}
+    options = {"config": args.config, "devices": args.devices,
+               "return_logits": getattr(args, "return_logits", False)}
+    prefill = getattr(args, "prefill", "fpga")
+    if prefill != "fpga" or getattr(args, "prefill_numerics", "torch") != "torch":
+        if args.backend == "torch":
+            raise UsageError("--prefill and --prefill-numerics apply to the accelerator "
+                             "backends; the torch backend runs everything on one device")
+        if prefill == "fpga":
+            raise UsageError("--prefill-numerics applies to the host's prefill; add --prefill gpu")
+        options.update(prefill=prefill, prefill_numerics=args.prefill_numerics)
+    return options
 
 
 def require_backend(name: str) -> None:

@@ -1,5 +1,16 @@
 """The `tandem` subcommands, in the order `tandem --help` lists them."""
 
-from . import compile, data, evaluate, generate, perf, prune_experts, serve, train, upcycle
+from . import (
+    compile,
+    data,
+    evaluate,
+    generate,
+    perf,
+    prune_experts,
+    rtl,
+    serve,
+    train,
+    upcycle,
+)
 
-COMMANDS = [generate, serve, perf, compile, train, data, evaluate, upcycle, prune_experts]
+COMMANDS = [generate, serve, perf, compile, rtl, train, data, evaluate, upcycle, prune_experts]

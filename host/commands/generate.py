@@ -1,7 +1,10 @@
 """Generate a continuation of a prompt, token by token, and report the speed.
 
 --json prints one object: prompt_tokens, tokens (generated ids), text, and steps (one entry
-per generated token with at least `token` and `ms`), plus the backend's own figures.
+per generated token with at least `token` and `ms`), plus the backend's own figures. The
+accelerator backends add `time_split`: host prefill (device, ms), the KV transfer (bytes, host
+ms, projected ms over PCIe), the devices' first token and decode ms/token at the configured
+clock beside the simulator's wall time.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ def run(args) -> int:
             piece = decoder.push(step.token) if decoder else f" {step.token}"
             print(piece, end="", flush=True)
     tokens = [s.token for s in steps]
+    split = getattr(backend, "time_split", None)
     total_ms = sum(s.ms for s in steps)
     tokens_per_s = len(steps) / (total_ms / 1e3) if total_ms > 0 else float("inf")
     text = tokenizer.decode(tokens) if tokenizer else None
@@ -95,11 +99,33 @@ def run(args) -> int:
             "tokens_per_s": round(tokens_per_s, 2),
             "steps": [s.to_json() for s in steps],
         }
+        if split is not None:
+            record["time_split"] = split
         print(json.dumps(record))
     else:
         print("\n")
         print(_summary(backend.describe(), steps, total_ms, tokens_per_s))
+        if split is not None:
+            print(_split_line(split))
     return 0
+
+
+def _split_line(split: dict) -> str:
+    """The heterogeneous pipeline's time split, one line."""
+    pre, xfer, first, dec = (split[k] for k in ("prefill", "transfer", "first_token", "decode"))
+    where = "prefill on the devices; "
+    if pre["device"]:
+        where = (f"host prefill {pre['tokens']} tokens on {pre['device']} ({pre['numerics']}) "
+                 f"{pre['ms']:.1f} ms; KV transfer {xfer['bytes'] / 1024:.1f} KiB: "
+                 f"{xfer['ms']:.1f} ms host, {xfer['projected_ms']:.3f} ms projected at "
+                 f"{xfer['projected_at_gbps']:g} GB/s; ")
+    decode = (f"decode {dec['ms_per_token']:.3f} ms/token at {dec['clock_mhz']:g} MHz "
+              f"(simulated in {dec['wall_ms_per_token']:.0f} ms/token wall)"
+              if dec["tokens"] else "no decode steps")
+    n = first["device_tokens"]
+    return (f"[time split: {where}first token on the devices ({n} prompt "
+            f"token{'s' if n != 1 else ''}) {first['ms']:.3f} ms; {decode}; total "
+            f"{split['total_ms']:.3f} ms (host measured + devices at the clock)]")
 
 
 def _summary(facts: dict, steps, total_ms: float, tokens_per_s: float) -> str:

@@ -4,6 +4,12 @@ start the devices, and turn their TOKOUT events into timed steps.
 The devices decode greedily (argmax on device, across the ring), so requests must have
 temperature 0. `ms` of a step is device time at the configured clock (cycles / clock), not the
 simulator's wall time, which is reported as `wall_ms`.
+
+`prefill="gpu"` is the heterogeneous pipeline: the host computes the KV cache of all but the
+last prompt token (`prefill.HostPrefill`), writes it into every device's memory in the
+compiler's layout (`kv.write_kv`), and the job starts at POS0 = n-1. After each request
+`time_split` holds where the time went: host prefill, the transfer, the first token and the
+decode steps.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from ..compiler import compile_model
 from ..errors import UsageError
 from .generation import GenerationRequest, Step
 from .isa import IsaCluster
+from .kv import PCIE_GBPS, write_kv
+from .prefill import PREFILL_TARGETS, HostPrefill
 
 __all__ = ["AcceleratorBackend"]
 
@@ -33,7 +41,11 @@ class AcceleratorBackend:
     greedy_only = True  # argmax runs on the devices; sampling would need the logits on the host
 
     def __init__(self, model: nn.Module, config: AccelConfig, return_logits: bool = False,
-                 name: str = "isa") -> None:
+                 name: str = "isa", prefill: str = "fpga", prefill_numerics: str = "torch"
+                 ) -> None:
+        if prefill not in PREFILL_TARGETS:
+            raise UsageError(f"--prefill must be one of {', '.join(PREFILL_TARGETS)}, "
+                             f"not {prefill!r}")
         self.name = name
         self.model = model
         self.config = config
@@ -41,12 +53,19 @@ class AcceleratorBackend:
         self.cluster = IsaCluster(config)
         self.cluster.load(self.compiled.programs, self.compiled.images)
         self.return_logits = return_logits
+        self.prefill = prefill
+        self.host_prefill = None if prefill == "fpga" else HostPrefill(
+            model, prefill_numerics, compiled=self.compiled,
+            cluster_factory=lambda: IsaCluster(config))
+        self.time_split: dict[str, Any] | None = None  # of the last request, once it is done
 
     def describe(self) -> dict[str, Any]:
         plan = self.compiled.plan
         return {"backend": self.name, "config": self.config.name, "devices": self.config.devices,
                 "clock_mhz": self.config.clock_mhz, "prefill_chunk": plan.chunk,
-                "program_instructions": len(self.compiled.programs[0])}
+                "program_instructions": len(self.compiled.programs[0]),
+                "prefill": self.prefill,
+                **(self.host_prefill.describe() if self.host_prefill else {})}
 
     def _write_job(self, request: GenerationRequest, pos0: int = 0) -> None:
         n_pos = self.model.config.n_positions
@@ -63,7 +82,9 @@ class AcceleratorBackend:
             raise UsageError(f"the {self.name} backend decodes greedily (argmax on the "
                              "devices); use --temperature 0")
         self.model.check_prompt(request.prompt_ids, request.max_new_tokens)
-        self._write_job(request)
+        self.time_split = None
+        host = self._host_prefill(request) if self.host_prefill else None
+        self._write_job(request, pos0=host["pos0"] if host else 0)
         self.cluster.start()
         devices = self.cluster.devices
         for dev in devices:
@@ -74,6 +95,8 @@ class AcceleratorBackend:
                  "prev": {"cycles": 0.0, "breakdown": dict.fromkeys(CATEGORIES, 0.0),
                           "weight_bytes": 0, "kv_bytes": 0}}
         emitted: list[int] = []
+        steps_ms: list[float] = []
+        walls_ms: list[float] = []
 
         def new_steps() -> Iterator[Step]:
             events = devices[0].events
@@ -86,6 +109,8 @@ class AcceleratorBackend:
                 step = self._step(token, snap, state["prev"], len(emitted), now - state["wall"])
                 state["wall"], state["prev"] = now, snap
                 emitted.append(token)
+                steps_ms.append(step.ms)
+                walls_ms.append(step.extra["wall_ms"])
                 yield step
 
         for _ in self.cluster.run():
@@ -95,6 +120,53 @@ class AcceleratorBackend:
         if stored != emitted or len(emitted) != request.max_new_tokens:
             raise RuntimeError(f"device output {stored} disagrees with its TOKOUT stream "
                                f"{emitted}")
+        self.time_split = self._split(request, host, steps_ms, walls_ms)
+
+    def _host_prefill(self, request: GenerationRequest) -> dict[str, Any]:
+        """Prefill on the host and copy the KV cache to every device; the devices then start
+        at the last prompt token."""
+        result = self.host_prefill.run(request.prompt_ids)
+        start = time.perf_counter()
+        per_device = write_kv(self.cluster, self.compiled.plan, result.kv)
+        transfer_ms = (time.perf_counter() - start) * 1e3
+        return {"pos0": result.positions, "prefill": result.to_json(),
+                "transfer": {
+                    "bytes": sum(per_device),
+                    "bytes_per_device": per_device,
+                    "ms": round(transfer_ms, 3),
+                    # the cards are written in parallel, each over its own link
+                    "projected_ms": round(max(per_device) / (PCIE_GBPS * 1e9) * 1e3, 6),
+                    "projected_at_gbps": PCIE_GBPS,
+                }}
+
+    def _split(self, request: GenerationRequest, host: dict | None, steps_ms: list[float],
+               walls_ms: list[float]) -> dict[str, Any]:
+        """Where a request's time went. Host figures are measured wall time; device figures
+        are cycles at the configured clock (`ms`) beside the simulator's wall time."""
+        n = len(request.prompt_ids)
+        decode = steps_ms[1:]
+        if host:
+            prefill, transfer = host["prefill"], host["transfer"]
+        else:
+            prefill = {"device": None, "numerics": None, "tokens": 0, "ms": 0.0}  # all on-device
+            transfer = {"bytes": 0, "bytes_per_device": [0] * len(self.cluster.devices),
+                        "ms": 0.0, "projected_ms": 0.0, "projected_at_gbps": PCIE_GBPS}
+        return {
+            "prefill": prefill,
+            "transfer": transfer,
+            # the devices' first pass: prompt positions pos0..n-1, the LM head, the argmax
+            "first_token": {"device_tokens": n - host["pos0"] if host else n,
+                            "ms": round(steps_ms[0], 6), "wall_ms": round(walls_ms[0], 3)},
+            "decode": {
+                "tokens": len(decode),
+                "ms_per_token": round(sum(decode) / len(decode), 6) if decode else None,
+                "wall_ms_per_token": round(sum(walls_ms[1:]) / len(decode), 3)
+                if decode else None,
+                "clock_mhz": self.config.clock_mhz,
+            },
+            # host prefill + projected transfer + device time: the latency a board would see
+            "total_ms": round(prefill["ms"] + transfer["projected_ms"] + sum(steps_ms), 6),
+        }
 
     def _step(self, token: int, snap: dict, prev: dict, index: int, wall_s: float) -> Step:
         cycles = snap["cycles"] - prev["cycles"]

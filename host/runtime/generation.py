@@ -77,18 +77,32 @@ class TorchBackend:
 
 
 def _isa_backend(model: nn.Module, config: str = "tiny", devices: int = 1,
-                 return_logits: bool = False, **_) -> GenerationBackend:
+                 return_logits: bool = False, prefill: str = "fpga",
+                 prefill_numerics: str = "torch", **_) -> GenerationBackend:
     from hw.config import load_config
 
     from .accelerator import AcceleratorBackend
 
-    return AcceleratorBackend(model, load_config(config, devices), return_logits=return_logits)
+    return AcceleratorBackend(model, load_config(config, devices), return_logits=return_logits,
+                              prefill=prefill, prefill_numerics=prefill_numerics)
+
+
+def _rtl_backend(model: nn.Module, config: str = "tiny", devices: int = 1,
+                 return_logits: bool = False, **options) -> GenerationBackend:
+    from hw.config import load_config
+
+    from .rtl import RtlBackend
+
+    options = {k: options[k] for k in ("prefill", "prefill_numerics") if k in options}
+    return RtlBackend(model, load_config(config, devices), return_logits=return_logits,
+                      **options)
 
 
 #: Backend name -> factory(model, **options) -> GenerationBackend.
 BACKENDS: dict[str, Callable[..., GenerationBackend]] = {
     "torch": lambda model, **_: TorchBackend(model),
     "isa": _isa_backend,
+    "rtl": _rtl_backend,
 }
 
 

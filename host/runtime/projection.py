@@ -29,11 +29,16 @@ MODEL_SHAPES: dict[str, ModelShape] = {
 
 
 def project(shape: ModelShape, config: AccelConfig, input_len: int, output_len: int,
-            fast_forward: bool = True) -> dict:
-    """Latency of generating `output_len` tokens after an `input_len`-token prompt, all on the
-    devices (prefill as matrix-matrix passes, then decode), from the timing model."""
+            fast_forward: bool = True, pos0: int = 0) -> dict:
+    """Latency of generating `output_len` tokens after an `input_len`-token prompt, from the
+    timing model. The devices process the prompt from position `pos0` on (matrix-matrix
+    passes) and then decode; `pos0` > 0 is the heterogeneous case, where the host has
+    already written the KV cache of positions 0..pos0-1."""
     if input_len < 1 or output_len < 1:
         raise UsageError("input and output lengths must be at least 1")
+    if not 0 <= pos0 < input_len:
+        raise UsageError(f"pos0 must be in 0..{input_len - 1} (the devices process at least "
+                         f"the last prompt token), not {pos0}")
     if input_len + output_len > shape.n_positions:
         raise UsageError(f"input ({input_len}) + output ({output_len}) exceeds the model's "
                          f"context of {shape.n_positions}")
@@ -44,7 +49,7 @@ def project(shape: ModelShape, config: AccelConfig, input_len: int, output_len: 
     if fast_forward:
         device.loop_hints = compiled.loop_hints(0)
     cluster.write_i32(0, DESC.N_PROMPT, [input_len])
-    cluster.write_i32(0, DESC.POS0, [0])
+    cluster.write_i32(0, DESC.POS0, [pos0])
     cluster.write_i32(0, DESC.MAX_NEW, [output_len])
     cluster.start()
     cluster.wait()
@@ -61,6 +66,7 @@ def project(shape: ModelShape, config: AccelConfig, input_len: int, output_len: 
         "clock_mhz": config.clock_mhz,
         "input_len": input_len,
         "output_len": output_len,
+        "pos0": pos0,
         "prefill_ms": ms(first["cycles"]),
         "total_ms": ms(last["cycles"]),
         "ms_per_token": 0.0,

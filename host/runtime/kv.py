@@ -1,0 +1,111 @@
+"""The KV cache between the host and the devices: the golden model's `present` in the
+accelerator's HBM layout, and back.
+
+The layout is the compiler's (`host.compiler.plan`): device d owns heads
+d*H/D .. (d+1)*H/D - 1; per layer and local head h it holds
+- `k{h}`: a striped matrix of n_positions rows of `hdp` FP16 values (row t: the key at
+  position t, zero-padded from head_dim to hdp), and
+- `v{h}`: a striped matrix of `hdp` rows of `tp` FP16 values (transposed: row i holds value
+  dimension i at every position, column t).
+
+`kv_writes` yields the contiguous runs a DMA would copy: for a key matrix one run per channel
+(the rows a channel holds are adjacent), for the transposed values one run per row. The runs
+hold exactly what the device's own STORER/STOREC would have written, padding zeros included,
+so a device that reads them cannot tell them from KV it computed itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from hw.layout import row_location
+
+from ..compiler import Plan
+from ..errors import UsageError
+
+__all__ = ["PCIE_GBPS", "KvCache", "kv_writes", "read_kv", "write_kv"]
+
+#: Host-to-card copy rate assumed for projected transfer times (GB/s): the U280/U55C
+#: gen3x16 XDMA platforms' PCIe Gen3 x16 link (15.75 GB/s raw) sustains about 12 GB/s.
+PCIE_GBPS = 12.0
+
+#: Per layer (k, v), each (n_head, T, head_dim): keys and values of positions 0..T-1.
+KvCache = Sequence[tuple[np.ndarray, np.ndarray]]
+
+
+def _check(plan: Plan, kv: KvCache) -> int:
+    s = plan.shape
+    if len(kv) != s.n_layer:
+        raise UsageError(f"the KV cache has {len(kv)} layers; the model has {s.n_layer}")
+    t = kv[0][0].shape[1]
+    for k, v in kv:
+        for name, x in (("keys", k), ("values", v)):
+            if x.shape != (s.n_head, t, s.head_dim):
+                raise UsageError(f"KV {name} of shape {tuple(x.shape)}; expected "
+                                 f"({s.n_head}, {t}, {s.head_dim}) (heads, positions, head_dim)")
+    if t > s.n_positions:
+        raise UsageError(f"the KV cache holds {t} positions; the model's context is "
+                         f"{s.n_positions}")
+    return t
+
+
+def _bases(plan: Plan, layer: int, h: int) -> tuple[int, int]:
+    base = plan.hbm["kv"].offset + layer * plan.kv_stride
+    return base + plan.kv_regions[f"k{h}"].offset, base + plan.kv_regions[f"v{h}"].offset
+
+
+def kv_writes(plan: Plan, kv: KvCache, device: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(channel, byte offset, FP16 values) runs that put `kv` into `device`'s HBM."""
+    t = _check(plan, kv)
+    if t == 0:
+        return
+    cfg = plan.config
+    ports, beat = cfg.hbm_ports, cfg.beat_bytes
+    hd, hdp, hl = plan.hd, plan.hdp, plan.heads_local
+    for layer, (k_all, v_all) in enumerate(kv):
+        for h in range(hl):
+            g = device * hl + h  # global head
+            k_base, v_base = _bases(plan, layer, h)
+            k = np.zeros((t, plan.ldb_hd * cfg.lane_width), np.float16)  # (T, hdp padded)
+            k[:, :hd] = np.asarray(k_all[g], np.float32).astype(np.float16)
+            for c in range(min(ports, t)):
+                yield c, row_location(k_base, c, plan.ldb_hd, ports, beat)[1], k[c::ports]
+            vt = np.zeros((hdp, t), np.float16)  # (hdp, T): transposed
+            vt[:hd] = np.asarray(v_all[g], np.float32).astype(np.float16).T
+            for i in range(hdp):
+                channel, offset = row_location(v_base, i, plan.ldb_t, ports, beat)
+                yield channel, offset, vt[i]
+
+
+def write_kv(cluster, plan: Plan, kv: KvCache) -> list[int]:
+    """Write `kv` into every device of `cluster` (through `cluster.image(d)`, the host's view of
+    the device memory); returns the bytes written per device."""
+    written = []
+    for d in range(plan.devices):
+        image = cluster.image(d)
+        n = 0
+        for channel, offset, values in kv_writes(plan, kv, d):
+            image.write_bytes(channel, offset, np.ascontiguousarray(values))
+            n += values.nbytes
+        written.append(n)
+    return written
+
+
+def read_kv(images, plan: Plan, positions: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The KV cache of positions 0..positions-1 as the devices hold it: per layer (k, v), each
+    (n_head, positions, head_dim) FP16, gathered from every device's image."""
+    s = plan.shape
+    out = []
+    for layer in range(s.n_layer):
+        k = np.zeros((s.n_head, positions, plan.hd), np.float16)
+        v = np.zeros((s.n_head, positions, plan.hd), np.float16)
+        for d in range(plan.devices):
+            for h in range(plan.heads_local):
+                g = d * plan.heads_local + h
+                k_base, v_base = _bases(plan, layer, h)
+                k[g] = images[d].read_matrix(k_base, plan.ldb_hd, positions, plan.hd)
+                v[g] = images[d].read_matrix(v_base, plan.ldb_t, plan.hd, positions).T
+        out.append((k, v))
+    return out
