@@ -550,7 +550,10 @@ def test_tandem_serve_command_serves_and_stops_on_sigint(checkpoint, golden):
     proc = subprocess.Popen(
         [sys.executable, "-m", "host.cli", "serve", "--model", str(checkpoint), "--port", "0",
          "--queue-size", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        cwd=Path(__file__).resolve().parents[2])
+        cwd=Path(__file__).resolve().parents[2],
+        # a shell's background job inherits SIGINT ignored, and so would the server (it would
+        # then shut down on SIGINT but exit 0): give it the disposition a terminal gives
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()
         assert "tandem serve: tiny-code (backend torch" in line, proc.stderr.read()
