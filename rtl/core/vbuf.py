@@ -120,8 +120,9 @@ class Vbuf(wiring.Component):
                     m.d.comb += [self.read[k].req.ready.eq(1),
                                  rp.addr.eq(self.read[k].req.payload[bits:])]
             m.d.comb += rp.en.eq(1)
-            # route the data back one cycle later
-            answered = Signal(range(len(self.read) + 1), name=f"rans{b}")
+            # route the data back one cycle later; none after reset (an initial 0 would hand
+            # port 0 a response it never asked for)
+            answered = Signal(range(len(self.read) + 1), init=len(self.read), name=f"rans{b}")
             m.d.sync += answered.eq(granted)
             for k in range(len(self.read)):
                 with m.If(answered == k):

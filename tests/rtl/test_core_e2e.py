@@ -4,10 +4,9 @@ A random GPT-2 compiled by `host.compiler` runs on the Verilator build of `rtl.k
 (HDL memory and link models, started through the AXI4-Lite control registers) on 1 and on 2
 devices in a ring, generating 8 tokens. What holds today, and is asserted: the kernels run the
 whole compiled program to HALT without a fault, executing the same instruction stream as the
-`isa` backend pc for pc (loops, branches, ring collectives), and the backend reports the RTL's
-cycles in the `isa` backend's step JSON. What does not hold yet is pinned by strict xfails:
-bit-exact tokens and memory (the RTL's K/V values differ from the first layer on) and total
-cycles within 5% of the timing model.
+`isa` backend pc for pc (loops, branches, ring collectives), with bit-exact tokens and memory,
+and the backend reports the RTL's cycles in the `isa` backend's step JSON. What does not hold
+yet is pinned by a strict xfail: total cycles within 5% of the timing model.
 
 Each device count is simulated once per module (a few minutes under Verilator); the build is
 cached under build/sim/verilator/ and reused while the RTL is unchanged.
@@ -103,9 +102,6 @@ def test_kernels_run_the_compiled_program_to_the_end(runs, devices):
     assert sum(s.extra["cycles"] for s in rtl_steps) <= report["per_device"][0]["rtl_cycles"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="RTL numerics differ from isa: the K/V cache entries differ from "
-                   "layer 0, position 0 on (values, not rounding)")
 @pytest.mark.parametrize("devices", [1, 2])
 def test_tokens_and_memory_are_bit_exact_with_isa(runs, devices):
     isa, rtl, isa_steps, rtl_steps = runs(devices)

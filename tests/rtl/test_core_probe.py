@@ -2,10 +2,10 @@
 layernorm, followed by MMs in every variant (direct and prefetched, 1 and 4 tokens, with and
 without bias), each result stored to HBM and compared bit for bit with the `isa` backend.
 
-Holds today (asserted): the embedding (LOADR, VADD), the layer parameters (LOADV) and the
-layernorm chain (VSUM, SMULI, VADDS, VDOT, SADDH, SRSQRT, VMULS, VFMA) are bit-exact. Does not
-hold (strict xfail): every MM result differs from the first element on, which is what breaks
-the end-to-end comparison in test_core_e2e.py.
+Asserted: the embedding (LOADR, VADD), the layer parameters (LOADV), the layernorm chain
+(VSUM, SMULI, VADDS, VDOT, SADDH, SRSQRT, VMULS, VFMA) and every MM variant are bit-exact. The
+MMs once differed from the first element on: after reset the vector buffer handed its read
+port 0 (the MPU's) a response it never asked for, so the MPU's vector FIFO ran one block behind.
 """
 
 from __future__ import annotations
@@ -82,8 +82,6 @@ def test_program_prefix_is_bit_exact(probe, name):
     assert _differing(probe, name).size == 0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the MPU's MM results differ from the isa backend's")
 @pytest.mark.parametrize("name", list(MM_VARIANTS))
 def test_mm_is_bit_exact(probe, name):
     bad = _differing(probe, name)

@@ -35,12 +35,6 @@ class RtlBackend(AcceleratorBackend):
             raise UsageError("the rtl backend cannot return logits (the argmax runs inside the "
                              "simulated devices); use --backend isa for logits")
         super().__init__(model, config, name="rtl", **options)
-        # the kernels run the compiled program to the end, instruction for instruction as the
-        # isa backend does, but the MPU's results are not yet bit-exact (tests/rtl/
-        # test_core_e2e.py pins it with strict xfails); users must not take its tokens as final
-        sys.stderr.write("tandem: warning: the rtl backend is work in progress: its matrix "
-                         "unit's results differ from the isa backend's, so its tokens may "
-                         "differ; its cycle counts are the RTL's own\n")
         self.simulator = simulator
         self.cluster = RtlCluster(config, simulator=simulator, attribute=True,
                                   progress=sys.stderr.isatty() if progress is None else progress)
