@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from host.compiler import CompileError, ModelShape
+from host.runtime.kv import PCIE_GBPS
 from host.runtime.projection import MODEL_SHAPES, project
 from hw.config import PRESETS
 from models import GPT2Config, GPT2LMHead
@@ -325,7 +326,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
     parser.add_argument("--decode-samples", type=int, default=3,
                         help="CPU only: decode positions timed per run (0: every step)")
-    parser.add_argument("--pcie-gbps", type=float, default=12.0,
+    parser.add_argument("--pcie-gbps", type=float, default=PCIE_GBPS,
                         help="host-to-card bandwidth per card (PCIe Gen3 x16 in practice)")
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even with CUDA")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile run")
