@@ -53,24 +53,24 @@ class AccelConfig:
     mpu_lanes: int = 32  #: dot-product lanes, a multiple of hbm_ports
     lane_width: int = 32  #: FP16 values per lane per cycle (one port beat)
     acc_interleave: int = 4  #: partial sums in flight per lane (FP32 adder loop latency)
-    mpu_latency_cycles: int = 12  #: multiplier + adder tree + accumulate + round
+    mpu_latency_cycles: int = 31  #: last beat to results written: tree, accumulate, round
     prefetch_beats: int = 1024  #: weight FIFO per port (beats), filled ahead by PREFETCH
     prefetch_queue: int = 2  #: PREFETCH descriptors waiting for their MM, at most
     # VPU / SFU
     vector_width: int = 32  #: FP16 values per cycle through the VPU
-    vpu_latency_cycles: int = 8  #: elementwise pipeline depth
+    vpu_latency_cycles: int = 13  #: elementwise pipeline, VBUF read to write back
     sfu_width: int = 16  #: special-function results per cycle (exp, gelu)
-    sfu_latency_cycles: int = 10  #: special-function pipeline depth
-    reduce_latency_cycles: int = 16  #: adder/max tree and final accumulate of a reduction
-    scalar_latency_cycles: int = 12  #: FP32 scalar op or scalar special function
+    sfu_latency_cycles: int = 13  #: special-function pipeline, VBUF read to write back
+    reduce_latency_cycles: int = 7  #: reduction tree and final accumulate/compare
+    scalar_latency_cycles: int = 10  #: FP32 scalar op or scalar special function
     # on-chip memory
     vbuf_words: int = 4 * 2**20  #: vector buffer (FP16 words)
     imem_words: int = 8192  #: instruction memory (256-bit words)
     # ring between devices (bidirectional: each device links to both neighbours)
     ring_gbps: float = 12.5  #: per link direction (QSFP28: 100 Gb/s)
     ring_hop_latency_ns: float = 500.0  #: serdes + router + framing, per hop
-    dma_latency_cycles: int = 40  #: issue to first beat of a DMA between HBM and VBUF
-    branch_penalty_cycles: int = 2  #: fetch bubble after a taken branch
+    dma_latency_cycles: int = 6  #: the DMA engine's own issue latency (HBM's is separate)
+    branch_penalty_cycles: int = 1  #: fetch bubble after a taken branch
 
     def __post_init__(self) -> None:
         positive_ints = ("devices", "hbm_ports", "hbm_port_width_bits", "hbm_channel_bytes",
@@ -204,23 +204,18 @@ TINY = AccelConfig(
     hbm_efficiency=1.0,  # the RTL's HDL memory model has no refresh
     hbm_latency_cycles=24,
     hbm_burst_beats=16,
+    hbm_burst_gap_cycles=2.0,  # the RTL weight streamer's cost per burst (measured)
     scalar_area_bytes=16384,
     mpu_lanes=4,
     lane_width=8,
     acc_interleave=4,
-    mpu_latency_cycles=10,
     prefetch_beats=64,
     vector_width=8,
-    vpu_latency_cycles=4,
     sfu_width=8,
-    sfu_latency_cycles=6,
-    reduce_latency_cycles=8,
-    scalar_latency_cycles=8,
     vbuf_words=256 * 1024,
     imem_words=4096,
     ring_gbps=1.6,
     ring_hop_latency_ns=200.0,
-    dma_latency_cycles=16,
 )
 
 PRESETS: dict[str, AccelConfig] = {"tiny": TINY, "u280": U280, "u55c": U55C}

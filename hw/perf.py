@@ -25,9 +25,17 @@ Costs (cycles; P ports, W values per beat, rate = sustained beats per cycle per 
   where `stall` is the time the FIFO stood full behind the previous matrix (see
   `Timeline._prefetched_stream`). Bursts cost `hbm_burst_gap_cycles` each.
 - DMA: striped transfers move ceil(beats/P) beats per port, a row moves its beats through one
-  port, a column append writes one beat per element.
-- VPU: ceil(len/vector_width) beats (special functions ceil(len/sfu_width)); reductions add
-  `reduce_latency_cycles`.
+  port, a column append writes one beat per element, each a burst of its own.
+- VPU: ceil(len/vector_width) beats (special functions ceil(len/sfu_width)) after
+  `vpu_latency_cycles` (`sfu_latency_cycles`). VSUM and VDOT run one row through a dot lane,
+  whose adder loop takes `acc_interleave` cycles per beat, and add `reduce_latency_cycles`;
+  VMAX and ARGMAX (compare trees) take a beat per cycle and `reduce_latency_cycles`.
+- A biased MM reads its bias vector (ceil(rows/align) beats) before the lanes start; a TOKOUT
+  completes when the memory acknowledges the write.
+
+Calibration: the pipeline depths (`*_latency_cycles`, `branch_penalty_cycles`) and the tiny
+config's `hbm_burst_gap_cycles` are the RTL's, measured instruction by instruction against
+the Verilator build (`python scripts/calibrate_timing.py`, which also checks totals within 5%).
 - Ring (bidirectional): ceil((D-1)/2) steps, each a hop latency plus the slice's bytes at the
   link rate; all devices start a collective together, when the last one is ready.
 
@@ -58,7 +66,12 @@ __all__ = [
 ]
 
 CATEGORIES = ("weights", "compute", "attention", "vector", "sync", "dma", "control")
-_REDUCTIONS = {"VSUM", "VMAX", "VDOT", "ARGMAX"}
+_SUMS = {"VSUM", "VDOT"}
+#: engines that take the next instruction only once this one has completed: the MPU drains
+#: its lanes and writes every result first, the DMA engine waits for the last beat or the
+#: write acknowledgement (the RTL does both)
+_SERIAL_ENGINES = {"mpu"}
+_REDUCTIONS = {"VMAX", "ARGMAX"}
 _SFU = {"VEXP", "VGELU"}
 
 
@@ -130,8 +143,8 @@ def op_cost(op: str, v: dict, cfg: AccelConfig) -> Cost:
         return Cost("ctrl", 1, 0, "control")
     if op == "LDR":
         return Cost("dma", 1, cfg.dma_latency_cycles + hbm_lat, "dma", hbm_read_bytes=4)
-    if op == "TOKOUT":
-        return Cost("dma", 1, cfg.dma_latency_cycles, "dma", hbm_write_bytes=4)
+    if op == "TOKOUT":  # done when the memory acknowledges the write
+        return Cost("dma", 1, cfg.dma_latency_cycles + hbm_lat, "dma", hbm_write_bytes=4)
     if op in ("LOADV", "STOREV"):
         beats = -(-_up(int(v["len"]), align) // w)
         per_port = -(-beats // ports)
@@ -149,11 +162,15 @@ def op_cost(op: str, v: dict, cfg: AccelConfig) -> Cost:
     if op == "STOREC":
         n = _up(int(v["len"]), align)
         per_port = -(-n // ports)
-        return Cost("dma", per_port / cfg.port_beats_per_cycle,
-                    cfg.dma_latency_cycles + hbm_lat, "dma", hbm_write_bytes=n * beat)
+        # every element is a write of its own (the column strides across rows)
+        occ = per_port * (1 / cfg.port_beats_per_cycle + cfg.hbm_burst_gap_cycles)
+        return Cost("dma", occ, cfg.dma_latency_cycles + hbm_lat, "dma",
+                    hbm_write_bytes=n * beat)
     if op == "MM":
         rows_per_port, rows_per_lane, beats, ntok = _mm_shape(v, cfg)
         compute = mm_compute_cycles(rows_per_lane, beats, ntok, cfg)
+        if "bias" in v["flags"]:  # the bias vector is read before the lanes start
+            compute += -(-int(v["rows"]) // align)
         fetched = rows_per_port * beats
         nbytes = ports * fetched * beat
         if "prefetched" in v["flags"]:  # the timeline composes this with its PREFETCH
@@ -166,9 +183,13 @@ def op_cost(op: str, v: dict, cfg: AccelConfig) -> Cost:
     if op in _SFU:
         beats = -(-_up(int(v["len"]), align) // cfg.sfu_width)
         return Cost("vpu", beats, cfg.sfu_latency_cycles, "vector")
-    if op in _REDUCTIONS:
+    if op in _SUMS:  # one row on a dot lane: its adder loop takes acc_interleave per beat
         beats = -(-_up(int(v["len"]), align) // cfg.vector_width)
-        return Cost("vpu", beats, cfg.vpu_latency_cycles + cfg.reduce_latency_cycles, "vector")
+        return Cost("vpu", beats * cfg.acc_interleave,
+                    cfg.vpu_latency_cycles + cfg.reduce_latency_cycles, "vector")
+    if op in _REDUCTIONS:  # compare trees: a beat per cycle, no multiplier or adder stages
+        beats = -(-_up(int(v["len"]), align) // cfg.vector_width)
+        return Cost("vpu", beats, cfg.reduce_latency_cycles, "vector")
     if op in ("VADD", "VMUL", "VFMA", "VADDS", "VMULS"):
         beats = -(-_up(int(v["len"]), align) // cfg.vector_width)
         return Cost("vpu", beats, cfg.vpu_latency_cycles, "vector")
@@ -327,6 +348,25 @@ class Timeline:
         pf.fetch_end = max(fetch_start + stall + stream, start + rest)
         return max(fetch_start + stall + lat + stream, start + lat + rest)
 
+    def _descriptor_slot(self) -> float:
+        """When the prefetcher's descriptor queue has room: it holds `prefetch_queue`
+        descriptors, each until the streamer has requested its matrix's last beat. A matrix
+        that fits the FIFO is requested without waiting for its MM; a larger one is not done
+        before its MM starts, which comes later in program order, so it is not waited for."""
+        cfg = self.cfg
+        ends = []
+        prev = self.consumed.fetch_end if self.consumed is not None else 0.0
+        if self.consumed is not None:
+            ends.append(prev)
+        for pf in self.prefetch:
+            if pf.beats > cfg.prefetch_beats:
+                break
+            prev = max(pf.issue, prev) + quantize(_stream_cycles(pf.beats, cfg))
+            ends.append(prev)
+        if len(ends) < cfg.prefetch_queue or len(self.prefetch) + 1 > len(ends):
+            return 0.0
+        return ends[len(ends) - cfg.prefetch_queue]
+
     def prepare(self, fp: Footprint) -> Footprint:
         """Convert the vector ranges to scoreboard blocks once (footprints are cached)."""
         fp.vr_blocks = [self._blocks(s, n) for s, n in fp.vreads]
@@ -336,6 +376,8 @@ class Timeline:
     def ready(self, cost: Cost, fp: Footprint, index_regs: list[int]) -> float:
         """Earliest cycle this instruction may issue (`fp` prepared)."""
         t = max(self.next_issue, self.engine_free[cost.engine])
+        if cost.engine == "pref":
+            t = max(t, self._descriptor_slot())
         r_ready, s_ready = self.r_ready, self.s_ready
         for r in fp.rreads:
             t = max(t, r_ready[r])
@@ -374,7 +416,10 @@ class Timeline:
             self.busy["pref"] += quantize(_stream_cycles(pf.beats, cfg))
             self.consumed = pf
         done = start + occupancy + cost.latency
-        self.engine_free[cost.engine] = engine_start + (occupancy if op != "PREFETCH" else 0)
+        if cost.engine in _SERIAL_ENGINES:
+            self.engine_free[cost.engine] = done
+        else:
+            self.engine_free[cost.engine] = engine_start + (occupancy if op != "PREFETCH" else 0)
         self.busy[cost.engine] += occupancy
         self.next_issue = start + 1 + (cfg.branch_penalty_cycles if taken_branch else 0)
         for r in fp.rwrites:

@@ -7,7 +7,10 @@ register), checks the hazards the timing model checks, and hands the micro-op to
 
 - integer and scalar registers: an instruction waits while a register it reads, indexes with
   or writes has a write pending (set at issue, cleared by the engine's write-back);
-- vector buffer: ranges against the `RangeScoreboard`;
+- vector buffer: ranges against the `RangeScoreboard`. An instruction without ranges whose
+  engine releases its entry when done (LDR, TOKOUT, ARGMAXALL, SYNC) holds an entry with an
+  empty write range, which clashes with nothing, so that release cannot free an entry a later
+  instruction has taken meanwhile;
 - HBM: LOADR and direct MMs wait until no store is outstanding (the KV cache is written by
   STORER/STOREC and read back by LOADR-free attention MMs);
 - the engine must be ready (an engine's `ready` never depends on `valid`).
@@ -45,6 +48,10 @@ FAULTS = {"none": 0, "pc": 1, "opcode": 2, "range": 3, "align": 4}
 #: Register write-back ports: integer registers from these engines, scalars from those.
 INT_WRITERS = ("dma", "vpu", "ring")
 SCALAR_WRITERS = ("scalar", "vpu", "ring")
+#: Engines that release the scoreboard entry of every instruction they complete.
+_RELEASERS = ("dma", "mpu", "vpu", "ring")
+#: Instructions that hold an entry without vector ranges (see the module doc).
+_HOLDERS = tuple(op for op, e in ops.ENGINES.items() if e in _RELEASERS and op not in ops.VRANGES)
 
 
 def write_back_layout() -> data.StructLayout:
@@ -211,6 +218,10 @@ class Controller(wiring.Component):
                     m.d.comb += [slot.valid.eq(enabled), slot.lo.eq(lo), slot.hi.eq(hi)]
                     with m.If(enabled & (hi > nblocks)):
                         m.d.comb += out_of_range.eq(1)
+        holds = Signal()
+        m.d.comb += holds.eq(is_op(*_HOLDERS))
+        with m.If(holds):  # valid and empty: overlaps nothing
+            m.d.comb += [sb.new_write.valid.eq(1), sb.new_write.lo.eq(0), sb.new_write.hi.eq(0)]
         misaligned = Signal()
         for op, checks in _align_checks(cfg).items():
             for name, modulus in checks:
@@ -254,11 +265,11 @@ class Controller(wiring.Component):
                 m.d.comb += fault_now.eq(FAULTS["align"])
 
         blocked = Signal()
-        m.d.comb += blocked.eq(_or(waits) | (has_ranges & (sb.conflict | sb.full)))
+        m.d.comb += blocked.eq(_or(waits) | ((has_ranges | holds) & (sb.conflict | sb.full)))
         m.d.comb += fire.eq(d_valid & running & ~halting & (fault_now == 0) & ~blocked
                             & engine_ready)
         m.d.comb += [self.issued.eq(fire), self.issued_pc.eq(d_pc)]
-        m.d.comb += sb.alloc.eq(fire & has_ranges)
+        m.d.comb += sb.alloc.eq(fire & (has_ranges | holds))
         for name in ENGINE_NAMES:
             port = getattr(self, f"to_{name}")
             m.d.comb += [port.payload.eq(uop), port.valid.eq(fire & engine_valid[name])]

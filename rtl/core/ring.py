@@ -127,13 +127,14 @@ class Ring(wiring.Component):
         with m.If(is_ag):
             m.d.comb += [own.kind.eq(_DATA), own_data.eq(reader.resp.payload),
                          own_valid.eq(busy & ~own_done & reader.resp.valid)]
-        with m.Elif(is_am):
+        with m.Elif(is_am):  # alone on the ring (others == 0) a device sends nothing
             m.d.comb += [own.kind.eq(_ARGMAX), own_data.eq(Cat(best_val, best_idx)),
-                         own_valid.eq(busy & ~own_done)]
+                         own_valid.eq(busy & ~own_done & (others != 0))]
         with m.Else():
-            m.d.comb += [own.kind.eq(_SYNC), own_valid.eq(busy & ~own_done)]
+            m.d.comb += [own.kind.eq(_SYNC), own_valid.eq(busy & ~own_done & (others != 0))]
 
         # -- received flits: write / reduce, and forward -------------------------------------
+        received = Signal(32)
         rx_user = FLIT_USER(self.rx.tuser)
         forward = rx_user.hops < others
         fwd = Signal(FLIT_USER)
@@ -149,8 +150,12 @@ class Ring(wiring.Component):
         rx_block = base + ct[origin] * stride + rx_user.origin * slice_ + cb[origin]
         m.d.comb += [w.payload.block.eq(rx_block), w.payload.data.eq(self.rx.tdata),
                      w.payload.mask.eq((1 << A) - 1)]
+        # once every flit has come (the cycle the collective completes), the next flit on the
+        # link belongs to the next collective, even when it is of the same kind
+        expect = Signal(32)
         rx_ok = busy & self.rx.tvalid & (rx_user.kind == Mux(is_ag, _DATA,
                                                                Mux(is_am, _ARGMAX, _SYNC)))
+        rx_ok = rx_ok & (received != expect)
         need_w = is_ag
         can = (~forward | tx.tready) & (~need_w | w.ready)
         m.d.comb += [rx_take.eq(rx_ok & can), self.rx.tready.eq(rx_take),
@@ -172,7 +177,6 @@ class Ring(wiring.Component):
                 m.d.sync += [own_b.eq(0), own_t.eq(own_t + 1)]
                 with m.If(own_t + 1 == count):
                     m.d.sync += own_done.eq(1)
-        received = Signal(32)
         with m.If(rx_take):
             m.d.sync += received.eq(received + 1)
             with m.If(is_ag):
@@ -188,7 +192,6 @@ class Ring(wiring.Component):
                                  best_dev.eq(rx_user.origin)]
 
         # -- completion -----------------------------------------------------------------------
-        expect = Signal(32)
         m.d.comb += expect.eq(Mux(is_ag, others * count * slice_, others))
         nothing = is_ag & ((slice_ == 0) | (count == 0))
         finished = busy & (own_done | (others == 0) | nothing) & (received == expect)

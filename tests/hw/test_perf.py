@@ -60,9 +60,10 @@ def test_pipelined_engine_and_raw_dependency():
 
 def test_war_hazard_delays_an_overwrite():
     tl = Timeline(CFG)
-    _run(tl, Instr("VSUM", {"sd": 1, "a": 0, "len": 256}))  # reads words 0..255 for 32 cycles
+    # VSUM reads words 0..255 as 32 beats through a dot lane's adder loop, 4 cycles each
+    _run(tl, Instr("VSUM", {"sd": 1, "a": 0, "len": 256}))
     start, _ = _run(tl, Instr("LOADV", {"dst": 0, "src": 0, "len": 8}))
-    assert start == 32
+    assert start == 128
 
 
 def test_prefetch_fifo_hides_streaming_behind_a_late_start():

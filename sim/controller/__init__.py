@@ -1,0 +1,1 @@
+"""The controller (`rtl.core.controller.Controller`) alone, its engines played by cocotb models."""

@@ -1,0 +1,49 @@
+"""The ring router (`rtl.core.ring.Ring`) alone on Icarus: random sequences of ALLGATHER,
+ARGMAXALL and SYNC on one device of rings of 1 to 4, its neighbours played by cocotbext-axi
+AXI4-Stream models with random pauses on both links and on the vector buffer's ports, checked
+against the `isa` backend's collective (sim/ring/cocotb_ring.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sim import runner
+from sim.ring import top
+from sim.toolchain import available_simulators
+
+SIMULATOR = "icarus"
+
+
+@pytest.fixture(scope="module")
+def build():
+    reason = available_simulators()[SIMULATOR]
+    if reason:
+        pytest.skip(reason)
+    build_dir = runner.REPO_ROOT / "build" / "sim" / SIMULATOR / "ring"
+    return top.build(SIMULATOR, build_dir), build_dir
+
+
+CASES = {
+    # devices, device, collectives, pause
+    "alone_on_the_ring": (1, 0, 6, 0.3),
+    "two_devices_no_stalls": (2, 1, 8, 0.0),
+    "two_devices_stalls": (2, 0, 10, 0.4),
+    "three_devices_stalls": (3, 1, 10, 0.3),
+    "four_devices_heavy_stalls": (4, 2, 10, 0.6),
+    "four_devices_last_device": (4, 3, 8, 0.2),
+}
+
+
+@pytest.mark.rtl
+@pytest.mark.parametrize("name", list(CASES))
+def test_collectives_match_the_isa_cluster(build, name):
+    devices, device, collectives, pause = CASES[name]
+    sim, build_dir = build
+    run_dir = build_dir / "runs" / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    case = {"seed": sum(map(ord, name)), "devices": devices, "device": device,
+            "collectives": collectives, "pause": pause}
+    runner.run(sim, build_dir, top.TOPLEVEL, "sim.ring.cocotb_ring", test_dir=run_dir,
+               env={"TANDEM_RING_CASE": json.dumps(case)})
