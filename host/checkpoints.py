@@ -29,7 +29,8 @@ __all__ = [
 def add_model_arguments(p) -> None:
     """--model, --tokenizer and --backend, as every generating command spells them."""
     p.add_argument("--model", default=str(models.default_model_dir()),
-                   help="HF-format GPT-2 checkpoint directory (default: the shipped model)")
+                   help="HF-format GPT-2 or MoE-GPT checkpoint directory (default: the shipped "
+                   "model)")
     p.add_argument("--tokenizer", default="auto",
                    help="auto (the model's own), gpt2 (GPT-2's BPE) or a directory")
     p.add_argument("--backend", default="torch", help=f"one of: {', '.join(BACKENDS)}")

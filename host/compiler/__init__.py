@@ -1,5 +1,5 @@
-"""The compiler: a GPT-2 checkpoint plus an `AccelConfig` -> one program per device, the
-per-device HBM images and a symbol map.
+"""The compiler: a GPT-2 or MoE-GPT checkpoint plus an `AccelConfig` -> one program per device,
+the per-device HBM images and a symbol map (for MoE-GPT, with the expert placement; see `moe`).
 
 Steps (each its own module): `plan` partitions the model across devices and lays out the vector
 buffer and HBM; `codegen` emits the program; `images` writes the weights into the layouts.
@@ -51,6 +51,9 @@ class CompiledModel:
             "kv_layer": {k: asdict(v) for k, v in p.kv_regions.items()},
             "layer_stride": p.layer_stride,
             "kv_stride": p.kv_stride,
+            **({"moe": {**p.moe.summary(),
+                        "expert": {k: asdict(v) for k, v in p.moe.expert_regions.items()}}}
+               if p.moe is not None else {}),
         }
 
     def save(self, out: str | Path) -> list[Path]:
@@ -71,14 +74,21 @@ class CompiledModel:
         return [*written, symbols]
 
 
-def compile_model(model_or_shape, config: AccelConfig, max_chunk: int = 128) -> CompiledModel:
-    """Compile a golden model (weights included) or a `ModelShape` (timing only)."""
+def compile_model(model_or_shape, config: AccelConfig, max_chunk: int = 128,
+                  expert_loads: dict[int, list[float]] | None = None) -> CompiledModel:
+    """Compile a golden model (weights included) or a `ModelShape` (timing only).
+
+    expert_loads: for MoE-GPT, {block: tokens per expert} to place experts by (e.g. routing
+    counts measured on a corpus); uniform by default."""
     if isinstance(model_or_shape, ModelShape):
         shape, state = model_or_shape, None
+        if shape.is_moe:
+            raise CompileError("an MoE model needs its checkpoint to compile: the routing "
+                               "tables are part of the memory image; pass the checkpoint")
     else:
         shape = ModelShape.from_config(model_or_shape.config)
         state = model_or_shape.state_dict()
-    plan = make_plan(shape, config, max_chunk)
+    plan = make_plan(shape, config, max_chunk, expert_loads)
     generated = [generate_program(plan, d) for d in range(config.devices)]
     programs = [program for program, _ in generated]
     for d, program in enumerate(programs):

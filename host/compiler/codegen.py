@@ -12,6 +12,12 @@ Weights are prefetched two matrices ahead: the weight MMs of a pass form one str
 prompt; then the next pass), and right after each MM the program queues the PREFETCH of the
 matrix two places further in that stream. The prefetcher so always has the next matrix to fetch
 while the lanes wait for the vector unit or the ring.
+
+MoE-GPT (`host.compiler.moe`): the layer loop reads each layer's kind from a scalar-area table
+and branches to the dense MLP or to the MoE FFN. An MoE block's stream is QKV, projection,
+router, then per token the chosen local experts (each PREFETCHed just before its MMs: which
+expert is known only once the router has run), and it ends by queueing the same two matrices
+the dense MLP would have, so the stream after it is unchanged.
 """
 
 from __future__ import annotations
@@ -28,8 +34,14 @@ __all__ = ["R_L", "Asm", "generate_program"]
 # integer registers
 R_NPROMPT, R_POS, R_MAXNEW, R_NOUT, R_N, R_L, R_WL, R_KV = 1, 2, 3, 4, 5, 6, 7, 8
 R_J, R_T, R_TOK, R_XO, R_QO, R_AO, R_TMP = 9, 10, 11, 12, 13, 14, 15
+# MoE blocks reuse registers that are free there: the layer kind and then the router row
+# live in R_TOK (the generated token is read by the embedding and written by the argmax, both
+# outside the layers), the chosen experts in R_QO and R_AO (free after attention)
+R_KIND = R_GO = R_TOK
+R_E1, R_E2 = R_QO, R_AO
 # FP32 scalar registers
 S_QSCALE, S_ARGMAX = 7, 8
+S_MAX, S_W1, S_W2, S_NINF, S_SUM = 9, 10, 11, 12, 13
 
 
 def _o(imm: int = 0, reg: int = 0) -> Operand:
@@ -121,6 +133,13 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
     # the four weight matrices of a layer, as (region, ldb, rows, cols)
     mats = {"c_attn": (plan.ldb_c, plan.qkv_rows, cp), "c_proj": (plan.ldb_h, plan.c_l, hp),
             "c_fc": (plan.ldb_c, plan.i_l, cp), "c_fcproj": (plan.ldb_i, plan.c_l, ip)}
+    moe = plan.moe
+    if moe is not None:
+        mats["gate"] = (plan.ldb_c, moe.experts, cp)
+
+    def branch_if_moe(target: str):
+        if moe is not None:
+            a.emit("BNE", ra=R_KIND, rb=0, target=target, comment="an MoE block")
 
     def prefetch(name: str, layer_offset: int = 0, base: int = R_WL, comment: str = ""):
         ldb, rows, cols = mats[name]
@@ -175,6 +194,8 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
         a.emit("LOADV", dst=_o(vb["cmask"]), src=_o(hbm["cmask"]), len=_o(cp))
     a.emit("SLI", sd=S_QSCALE, imm=1.0 / math.sqrt(plan.hd), comment="1/sqrt(head_dim)")
     a.emit("LI", rd=R_WL, imm=hbm["layers"])
+    if moe is not None:
+        a.emit("SLI", sd=S_NINF, imm=float("-inf"), comment="masks a chosen expert")
     prefetch("c_attn")
     prefetch("c_proj")
 
@@ -209,6 +230,9 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
     a.label("layer")
     a.emit("LOADV", dst=_o(vb["par"]), src=_o(lay["par"], R_WL),
            len=_o(plan.vbuf["par"].size), comment="layer parameters")
+    if moe is not None:
+        a.emit("MULI", rd=R_TMP, ra=R_L, imm=4)
+        a.emit("LDR", rd=R_KIND, addr=_o(moe.kind_table, R_TMP), comment="layer kind")
     _token_loop(a, "ln1_loop", lambda: _layernorm(
         a, plan, _o(vb["x"], R_XO), _o(vb["h"], R_XO), par["ln1_g"], par["ln1_b"]),
         {R_XO: cp})
@@ -216,7 +240,13 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
            ldb=plan.ldb_c, rows=_o(plan.qkv_rows), cols=_o(cp), ntok=_o(0, R_N),
            dstride=qkv_stride, sstride=cp, bias=par["attn_b"], flags={"bias", "prefetched"},
            comment="QKV")
+    branch_if_moe("qkv_moe")
     prefetch("c_fc")
+    if moe is not None:
+        a.emit("JMP", target="qkv_done")
+        a.label("qkv_moe")
+        prefetch("gate")
+        a.label("qkv_done")
 
     def kv_append():
         a.emit("ADD", rd=R_T, ra=R_POS, rb=R_J)
@@ -255,7 +285,10 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
            w=_o(lay["c_proj"], R_WL), ldb=plan.ldb_h, rows=_o(plan.c_l), cols=_o(hp),
            ntok=_o(0, R_N), dstride=cp, sstride=hp, bias=par["proj_b"],
            flags={"bias", "prefetched"}, comment="attention projection")
+    branch_if_moe("proj_moe")  # an MoE block knows its experts only after the router
     prefetch("c_fcproj")
+    if moe is not None:
+        a.label("proj_moe")
     a.emit("ALLGATHER", base=_o(vb["y"]), slice=plan.c_lp, stride=cp, count=_o(0, R_N))
 
     def residual_ln2():
@@ -264,6 +297,7 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
         _layernorm(a, plan, x, _o(vb["h"], R_XO), par["ln2_g"], par["ln2_b"])
 
     _token_loop(a, "ln2_loop", residual_ln2, {R_XO: cp})
+    branch_if_moe("moe_ffn")
     a.emit("MM", dst=_o(vb["m"] + device * plan.i_lp), src=_o(vb["h"]),
            w=_o(lay["c_fc"], R_WL), ldb=plan.ldb_c, rows=_o(plan.i_l), cols=_o(cp),
            ntok=_o(0, R_N), dstride=ip, sstride=cp, bias=par["fc_b"],
@@ -291,6 +325,12 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
     _token_loop(a, "res2_loop", lambda: a.emit(
         "VADD", dst=_o(vb["x"], R_XO), a=_o(vb["x"], R_XO), b=_o(vb["y"], R_XO), len=_o(cp),
         comment="residual"), {R_XO: cp})
+    if moe is not None:
+        a.emit("JMP", target="layer_next")
+        a.label("moe_ffn")
+        _moe_ffn(a, plan, device, prefetch_two_ahead, prefetch_head, prefetch_first_layer,
+                 head_pass)
+        a.label("layer_next")
     a.emit("ADDI", rd=R_L, ra=R_L, imm=1)
     a.emit("ADDI", rd=R_WL, ra=R_WL, imm=plan.layer_stride)
     a.emit("ADDI", rd=R_KV, ra=R_KV, imm=plan.kv_stride)
@@ -321,3 +361,108 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
     a.emit("TOKOUT", ra=R_NOUT, addr=_o(DESC.N_OUT), comment="tokens written")
     a.emit("HALT")
     return a.finish(), dict(a.labels)
+
+
+def _moe_ffn(a: Asm, plan: Plan, device: int, prefetch_two_ahead, prefetch_head,
+             prefetch_first_layer, head_pass) -> None:
+    """An MoE block's FFN (see `host.compiler.moe`): router, top-k, the local experts, the
+    ring, the sum of the devices' slots and the residual. Ends with the two PREFETCHes the
+    dense FFN would have queued, so the weight stream continues unchanged."""
+    moe = plan.moe
+    vb = {k: r.offset for k, r in plan.vbuf.items()}
+    lay = {k: r.offset for k, r in plan.layer_regions.items()}
+    ex = {k: lay["experts"] + r.offset for k, r in moe.expert_regions.items()}
+    cp, E, ep, d = plan.cp, moe.experts, moe.ep, plan.devices
+    row = d * cp  # one token's D slots
+    mine = vb["moe_y"] + device * cp
+    a.emit("MM", dst=_o(vb["glog"]), src=_o(vb["h"]), w=_o(lay["gate"], R_WL),
+           ldb=plan.ldb_c, rows=_o(E), cols=_o(cp), ntok=_o(0, R_N), dstride=ep, sstride=cp,
+           flags={"mask", "prefetched"}, comment="router logits")
+
+    def expert(choice: int, r_e: int, s_w: int | None):
+        skip = f"expert{choice}_remote"
+        a.emit("MULI", rd=R_TMP, ra=R_L, imm=4 * E)
+        a.emit("MULI", rd=R_T, ra=r_e, imm=4)
+        a.emit("ADD", rd=R_TMP, ra=R_TMP, rb=R_T)
+        a.emit("LDR", rd=R_T, addr=_o(moe.slot_table, R_TMP), comment="local slot or -1")
+        a.emit("BLT", ra=R_T, rb=0, target=skip, comment="held by another device")
+        a.emit("MULI", rd=R_T, ra=R_T, imm=moe.expert_stride)
+        a.emit("ADD", rd=R_T, ra=R_T, rb=R_WL, comment=f"choice {choice}: expert base")
+        a.emit("LOADV", dst=_o(vb["epar"]), src=_o(ex["epar"], R_T), len=_o(moe.ie_p + cp),
+               comment="expert biases")
+        a.emit("PREFETCH", w=_o(ex["e_fc"], R_T), ldb=plan.ldb_c, rows=_o(moe.ie_p),
+               cols=_o(cp), comment="expert up")
+        a.emit("PREFETCH", w=_o(ex["e_proj"], R_T), ldb=moe.ldb_ie, rows=_o(cp),
+               cols=_o(moe.ie_p), comment="expert down")
+        a.emit("MM", dst=_o(vb["em"]), src=_o(vb["h"], R_XO), w=_o(ex["e_fc"], R_T),
+               ldb=plan.ldb_c, rows=_o(moe.ie_p), cols=_o(cp), ntok=_o(1), dstride=moe.ie_p,
+               sstride=cp, bias=vb["epar"], flags={"bias", "prefetched"}, comment="expert up")
+        a.emit("VGELU", dst=_o(vb["em"]), a=_o(vb["em"]), len=_o(moe.ie_p))
+        a.emit("MM", dst=_o(vb["ey"]), src=_o(vb["em"]), w=_o(ex["e_proj"], R_T),
+               ldb=moe.ldb_ie, rows=_o(cp), cols=_o(moe.ie_p), ntok=_o(1), dstride=cp,
+               sstride=moe.ie_p, bias=vb["epar"] + moe.ie_p, flags={"bias", "prefetched"},
+               comment="expert down")
+        if s_w is not None:
+            a.emit("VMULS", dst=_o(vb["ey"]), a=_o(vb["ey"]), s=s_w, len=_o(cp),
+                   comment="combine weight")
+        a.emit("MULI", rd=R_T, ra=R_J, imm=row)
+        a.emit("VADD", dst=_o(mine, R_T), a=_o(mine, R_T), b=_o(vb["ey"]), len=_o(cp),
+               comment="into this device's slot")
+        a.label(skip)
+
+    def route():
+        a.emit("MULI", rd=R_GO, ra=R_J, imm=ep, comment="this token's router logits")
+        logits = _o(vb["glog"], R_GO)
+        a.emit("ARGMAX", rd=R_E1, sd=S_MAX, a=logits, len=_o(E), base=_o(0),
+               comment="first expert")
+        weighted = moe.top_k == 2 or not moe.renormalize
+        if weighted:  # e_i = exp(logit_i - max): the first expert's is 1
+            a.emit("VADDS", dst=_o(vb["gexp"]), a=logits, s=S_MAX, len=_o(E), flags={"neg"})
+            a.emit("VEXP", dst=_o(vb["gexp"]), a=_o(vb["gexp"]), len=_o(E))
+        if moe.top_k == 2:
+            a.emit("ADD", rd=R_T, ra=R_GO, rb=R_E1)
+            a.emit("VSET", dst=_o(vb["glog"], R_T), s=S_NINF, comment="mask the first")
+            a.emit("ARGMAX", rd=R_E2, sd=S_SUM, a=logits, len=_o(E), base=_o(0),
+                   comment="second expert")
+            for i, r_e in enumerate((R_E1, R_E2)):
+                a.emit("VGET", sd=S_SUM, src=_o(vb["gexp"], r_e))
+                a.emit("VSET", dst=_o(vb["gw"] + i), s=S_SUM)
+            if moe.renormalize:
+                a.emit("VSUM", sd=S_SUM, a=_o(vb["gw"]), len=_o(2), comment="e_1 + e_2")
+            else:
+                a.emit("VSUM", sd=S_SUM, a=_o(vb["gexp"]), len=_o(E), comment="sum of e")
+            a.emit("SRECIP", sd=S_SUM, sa=S_SUM)
+            a.emit("VMULS", dst=_o(vb["gw"]), a=_o(vb["gw"]), s=S_SUM, len=_o(2))
+            a.emit("VGET", sd=S_W1, src=_o(vb["gw"]))
+            a.emit("VGET", sd=S_W2, src=_o(vb["gw"] + 1))
+        elif weighted:  # top-1, raw probability: p_1 = 1 / sum(e)
+            a.emit("VSUM", sd=S_SUM, a=_o(vb["gexp"]), len=_o(E))
+            a.emit("SRECIP", sd=S_W1, sa=S_SUM)
+        a.emit("MULI", rd=R_T, ra=R_J, imm=row)
+        a.emit("VADD", dst=_o(mine, R_T), a=_o(vb["zero"]), b=_o(vb["zero"]), len=_o(cp),
+               comment="clear this device's slot")
+        expert(1, R_E1, S_W1 if weighted else None)
+        if moe.top_k == 2:
+            expert(2, R_E2, S_W2)
+
+    _token_loop(a, "moe_loop", route, {R_XO: cp})
+    # the two matrices after this FFN in the weight stream, as the dense FFN queues them
+    prefetch_two_ahead("moe_up", "c_attn", lambda done: prefetch_head(),
+                       lambda: prefetch_first_layer("c_attn"))
+    prefetch_two_ahead("moe_down", "c_proj", head_pass, lambda: prefetch_first_layer("c_proj"))
+    if d > 1:
+        a.emit("ALLGATHER", base=_o(vb["moe_y"]), slice=cp, stride=row, count=_o(0, R_N))
+
+    def combine():
+        x = _o(vb["x"], R_XO)
+        if d == 1:
+            a.emit("VADD", dst=x, a=x, b=_o(vb["moe_y"], R_GO), len=_o(cp), comment="residual")
+            return
+        a.emit("VADD", dst=_o(vb["ey"]), a=_o(vb["moe_y"], R_GO), b=_o(vb["moe_y"] + cp, R_GO),
+               len=_o(cp), comment="sum the devices' slots")
+        for s in range(2, d):
+            a.emit("VADD", dst=_o(vb["ey"]), a=_o(vb["ey"]), b=_o(vb["moe_y"] + s * cp, R_GO),
+                   len=_o(cp))
+        a.emit("VADD", dst=x, a=x, b=_o(vb["ey"]), len=_o(cp), comment="residual")
+
+    _token_loop(a, "moe_res_loop", combine, {R_XO: cp, R_GO: row})

@@ -8,6 +8,7 @@ import numpy as np
 from hw.hbm import HbmImage
 from hw.layout import DESC
 
+from .moe import scalar_tables
 from .plan import Plan
 
 __all__ = ["build_image", "gapped"]
@@ -77,10 +78,14 @@ def build_image(plan: Plan, state: dict, device: int) -> HbmImage:
         image.write_matrix(lay["c_attn"], plan.ldb_c, _place(rows, col_c, plan.cp))
         w_proj = t(p + "attn.c_proj.weight").T[out_c]  # (c_l out, C in)
         image.write_matrix(lay["c_proj"], plan.ldb_h, _place(w_proj, col_h, plan.hp))
-        w_fc = t(p + "mlp.c_fc.weight").T[out_i]  # (i_l out, C in)
-        image.write_matrix(lay["c_fc"], plan.ldb_c, _place(w_fc, col_c, plan.cp))
-        w_fcproj = t(p + "mlp.c_proj.weight").T[out_c]  # (c_l out, I in)
-        image.write_matrix(lay["c_fcproj"], plan.ldb_i, _place(w_fcproj, col_i, plan.ip))
+        is_moe = plan.moe is not None and layer in plan.moe.layers
+        if is_moe:
+            _write_moe_layer(image, plan, state, layer, dev, lay, col_c)
+        else:
+            w_fc = t(p + "mlp.c_fc.weight").T[out_i]  # (i_l out, C in)
+            image.write_matrix(lay["c_fc"], plan.ldb_c, _place(w_fc, col_c, plan.cp))
+            w_fcproj = t(p + "mlp.c_proj.weight").T[out_c]  # (c_l out, I in)
+            image.write_matrix(lay["c_fcproj"], plan.ldb_i, _place(w_fcproj, col_i, plan.ip))
 
         fields = {k: np.zeros(r.size, np.float16) for k, r in plan.par.items()}
         for name, key in (("ln1", "ln_1"), ("ln2", "ln_2")):
@@ -88,11 +93,39 @@ def build_image(plan: Plan, state: dict, device: int) -> HbmImage:
             fields[f"{name}_b"][col_c] = t(p + f"{key}.bias")
         fields["attn_b"][qkv_dst] = t(p + "attn.c_attn.bias")[qkv_src]
         fields["proj_b"][: plan.c_l] = t(p + "attn.c_proj.bias")[out_c]
-        fields["fc_b"][: plan.i_l] = t(p + "mlp.c_fc.bias")[out_i]
-        fields["fcproj_b"][: plan.c_l] = t(p + "mlp.c_proj.bias")[out_c]
+        if not is_moe:
+            fields["fc_b"][: plan.i_l] = t(p + "mlp.c_fc.bias")[out_i]
+            fields["fcproj_b"][: plan.c_l] = t(p + "mlp.c_proj.bias")[out_c]
         words = max(r.offset + r.size for r in plan.par.values())
         par = np.zeros(-(-words // cfg.align) * cfg.align, np.float16)
         for k, r in plan.par.items():
             par[r.offset : r.offset + r.size] = fields[k]
         image.write_vector(lay["par"], par)
+    if plan.moe is not None:
+        for offset, words in scalar_tables(plan, dev).items():
+            image.write_i32(offset, words)
     return image
+
+
+def _write_moe_layer(image: HbmImage, plan: Plan, state: dict, layer: int, device: int,
+                     lay: dict, col_c: np.ndarray) -> None:
+    """The router (every device) and this device's experts, each whole, in slot order."""
+    m = plan.moe
+    p = f"transformer.h.{layer}.mlp."
+    gate = _fp16(state[p + "gate.weight"]).T  # (E out, C in)
+    image.write_matrix(lay["gate"], plan.ldb_c, _place(gate, col_c, plan.cp))
+    hidden = np.arange(m.ie)
+    for e in m.local_experts(layer, device):
+        q = f"{p}experts.{e}."
+        base = lay["experts"] + m.expert_slot[layer][e] * m.expert_stride
+        reg = {k: base + r.offset for k, r in m.expert_regions.items()}
+        w_fc = np.zeros((m.ie_p, plan.cp), np.float16)  # zero rows keep the padding zero
+        w_fc[: m.ie] = _place(_fp16(state[q + "c_fc.weight"]).T, col_c, plan.cp)
+        image.write_matrix(reg["e_fc"], plan.ldb_c, w_fc)
+        w_proj = np.zeros((plan.cp, m.ie_p), np.float16)  # rows in the hidden layout
+        w_proj[col_c] = _place(_fp16(state[q + "c_proj.weight"]).T, hidden, m.ie_p)
+        image.write_matrix(reg["e_proj"], m.ldb_ie, w_proj)
+        biases = np.zeros(m.ie_p + plan.cp, np.float16)
+        biases[hidden] = _fp16(state[q + "c_fc.bias"])
+        biases[m.ie_p + col_c] = _fp16(state[q + "c_proj.bias"])
+        image.write_vector(reg["epar"], biases)

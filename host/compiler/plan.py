@@ -24,6 +24,7 @@ from hw.config import AccelConfig
 from hw.layout import DESC, matrix_bytes_per_channel, vector_bytes_per_channel
 
 from ..errors import UsageError
+from .moe import MoEPlan, plan_moe
 
 __all__ = ["CompileError", "ModelShape", "Plan", "make_plan"]
 
@@ -49,6 +50,11 @@ class ModelShape:
     layer_norm_epsilon: float = 1e-5
     activation: str = "tanh"  # GELU form; the accelerator implements the tanh form
     tied_head: bool = True  # the LM head is the token embedding (GPT-2's default)
+    # MoE-GPT (see host.compiler.moe); a dense GPT-2 has no MoE blocks
+    moe_layers: tuple[int, ...] = ()  # blocks whose FFN is an MoE layer
+    moe_experts: int = 0  # experts per MoE block (each as wide as the dense MLP, n_inner)
+    moe_top_k: int = 0  # experts per token
+    moe_renormalize: bool = True  # combine weights renormalised over the top-k
 
     @classmethod
     def from_config(cls, config) -> ModelShape:
@@ -56,7 +62,12 @@ class ModelShape:
 
         return cls(config.vocab_size, config.n_positions, config.n_embd, config.n_layer,
                    config.n_head, config.inner_dim, config.layer_norm_epsilon,
-                   ACTIVATIONS[config.activation_function], config.tie_word_embeddings)
+                   ACTIVATIONS[config.activation_function], config.tie_word_embeddings,
+                   **_moe_fields(config))
+
+    @property
+    def is_moe(self) -> bool:
+        return bool(self.moe_layers)
 
     @property
     def head_dim(self) -> int:
@@ -65,8 +76,33 @@ class ModelShape:
     def weight_bytes_fp16(self) -> int:
         """Bytes of FP16 weights streamed per token (all layers plus the tied LM head)."""
         c, i = self.n_embd, self.n_inner
-        per_layer = c * 3 * c + c * c + c * i + i * c
-        return 2 * (self.n_layer * per_layer + self.vocab_size * c)
+        attn, mlp = c * 3 * c + c * c, c * i + i * c
+        moe = len(self.moe_layers) * (c * self.moe_experts + (self.moe_top_k - 1) * mlp)
+        return 2 * (self.n_layer * (attn + mlp) + moe + self.vocab_size * c)
+
+
+def _moe_fields(config) -> dict:
+    """The MoE fields of an MoE-GPT config; refuses what the accelerator does not run."""
+    if getattr(config, "model_type", None) != "moe_gpt2":
+        return {}
+    if config.moe_gate != "topk":
+        raise CompileError(f"the accelerator routes with the top-k gate; moe_gate="
+                           f"{config.moe_gate!r} is not supported (use moe_gate='topk')")
+    if config.moe_use_residual:
+        raise CompileError("residual MoE (moe_use_residual) is not supported on the "
+                           "accelerator; use a plain MoE checkpoint")
+    if config.moe_top_k > 2:
+        raise CompileError(f"the accelerator routes to at most 2 experts per token; this "
+                           f"model has moe_top_k={config.moe_top_k}")
+    if config.moe_eval_drop_tokens:
+        raise CompileError("capacity dropping at inference (moe_eval_drop_tokens) is not "
+                           "supported on the accelerator; set moe_eval_drop_tokens to false")
+    counts = {config.experts_in(layer) for layer in config.moe_layers}
+    if len(counts) != 1:
+        raise CompileError(f"MoE blocks with different expert counts ({sorted(counts)}) are "
+                           "not supported on the accelerator; give every block the same count")
+    return {"moe_layers": tuple(config.moe_layers), "moe_experts": counts.pop(),
+            "moe_top_k": config.moe_top_k, "moe_renormalize": bool(config.moe_renormalize)}
 
 
 @dataclass
@@ -111,6 +147,7 @@ class Plan:
     layer_stride: int = 0
     kv_stride: int = 0
     par: dict[str, Region] = field(default_factory=dict)  # parameter vector fields (words)
+    moe: MoEPlan | None = None  # expert placement and slots, for MoE-GPT
 
     @property
     def devices(self) -> int:
@@ -119,13 +156,16 @@ class Plan:
     def summary(self) -> dict:
         out = {k: v for k, v in asdict(self).items()
                if k not in ("shape", "config", "vbuf", "hbm", "layer_regions", "kv_regions",
-                            "par")}
+                            "par", "moe")}
         out["vbuf_words_used"] = max(r.offset + r.size for r in self.vbuf.values())
         out["hbm_bytes_per_channel"] = max(r.offset + r.size for r in self.hbm.values())
+        if self.moe is not None:
+            out["moe"] = self.moe.summary()
         return out
 
 
-def make_plan(shape: ModelShape, config: AccelConfig, max_chunk: int = 128) -> Plan:
+def make_plan(shape: ModelShape, config: AccelConfig, max_chunk: int = 128,
+              expert_loads: dict | None = None) -> Plan:
     d = config.devices
     a = config.align
     w = config.lane_width
@@ -158,6 +198,8 @@ def make_plan(shape: ModelShape, config: AccelConfig, max_chunk: int = 128) -> P
     )
     p.ldb_c, p.ldb_h, p.ldb_i = p.cp // w, p.hp // w, p.ip // w
     p.ldb_hd, p.ldb_t = hdp // w, p.tp // w
+    if shape.is_moe:
+        p.moe = plan_moe(shape, config, expert_loads)
     _plan_vbuf(p, max_chunk)
     _plan_hbm(p)
     return p
@@ -179,6 +221,11 @@ def _plan_vbuf(p: Plan, max_chunk: int) -> None:
              ("head_in", p.cp)]
     per_token = [("x", p.cp), ("h", p.cp), ("qkv", p.qkv_rows), ("att", p.hp), ("y", p.cp),
                  ("m", p.ip)]
+    if p.moe is not None:  # router and expert work buffers; per token: logits, D slots
+        m = p.moe
+        fixed += [("gexp", m.ep), ("gw", a), ("zero", p.cp), ("epar", m.ie_p + p.cp),
+                  ("em", m.ie_p), ("ey", p.cp)]
+        per_token += [("glog", m.ep), ("moe_y", p.devices * p.cp)]
     fixed_words = sum(_up(s, a) for _, s in fixed)
     token_words = sum(_up(s, a) for _, s in per_token)
     room = cfg.vbuf_words - fixed_words
@@ -231,6 +278,30 @@ def _plan_hbm(p: Plan) -> None:
                        ("c_fcproj", mat(p.c_l, p.ldb_i))]:
         p.layer_regions[name] = Region(inner, size)
         inner += size
+    dense_inner = inner
+    if p.moe is not None:
+        m = p.moe
+        e_inner = 0
+        for name, size in [("epar", vec(m.ie_p + p.cp)), ("e_fc", mat(m.ie_p, p.ldb_c)),
+                           ("e_proj", mat(p.cp, m.ldb_ie))]:
+            m.expert_regions[name] = Region(e_inner, size)
+            e_inner += size
+        m.expert_stride = e_inner
+        # an MoE layer shares par, c_attn and c_proj with a dense one; then router, experts
+        inner = p.layer_regions["c_fc"].offset
+        for name, size in [("gate", mat(m.experts, p.ldb_c)), ("experts", m.slots * e_inner)]:
+            p.layer_regions[name] = Region(inner, size)
+            inner += size
+        dense = len(m.layers) < p.shape.n_layer
+        inner = max(inner, dense_inner if dense else 0)
+        tables = -(-DESC.size(p.shape.n_positions) // 64) * 64
+        m.kind_table = tables
+        m.slot_table = tables + 4 * p.shape.n_layer
+        end = m.slot_table + 4 * p.shape.n_layer * m.experts
+        if end > cfg.scalar_area_bytes:
+            raise CompileError(f"the job descriptor and the MoE tables need {end} bytes of "
+                               f"scalar area; the config has scalar_area_bytes="
+                               f"{cfg.scalar_area_bytes}")
     p.layer_stride = inner
     p.hbm["layers"] = Region(off, p.shape.n_layer * inner)
     off += p.shape.n_layer * inner

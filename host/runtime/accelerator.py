@@ -87,8 +87,9 @@ class AcceleratorBackend:
         self._write_job(request, pos0=host["pos0"] if host else 0)
         self.cluster.start()
         devices = self.cluster.devices
-        for dev in devices:
+        for d, dev in enumerate(devices):
             dev.argmax_inputs = [] if self.return_logits else None
+            dev.argmax_pc = self.compiled.labels[d]["head_done"]  # the LM head's argmax
         out_base = DESC.out_tokens(self.model.config.n_positions)
         out_end = out_base + 4 * request.max_new_tokens
         state = {"seen": 0, "wall": time.perf_counter(),

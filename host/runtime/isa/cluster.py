@@ -7,8 +7,10 @@ wait, have diverged: that is a compiler bug and raises `DeviceError`.
 
 `symmetric=True` (timing only) simulates device 0 alone and times collectives as if every
 device arrived when it did: exact when all devices run the same instruction stream, which the
-compiler guarantees (the shapes are the same on every device; only the LM head's last slice
-may be shorter, and device 0 always holds a full one).
+compiler guarantees for dense models (the shapes are the same on every device; only the LM
+head's last slice may be shorter, and device 0 always holds a full one). MoE programs branch
+on where the chosen experts live, so their devices' streams differ between collectives; the
+compiler refuses timing-only MoE compiles, and functional runs simulate every device.
 """
 
 from __future__ import annotations

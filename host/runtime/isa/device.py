@@ -78,6 +78,12 @@ class IsaDevice:
         self._timings: dict[tuple, tuple[Cost, Footprint]] = {}
         self.trace: list[dict] | None = None
         self.argmax_inputs: list[np.ndarray] | None = None  # filled when logits are wanted
+        #: the ARGMAX whose inputs are the logits (an MoE program has router ARGMAXes too);
+        #: None records every ARGMAX
+        self.argmax_pc: int | None = None
+        #: when a list: the HBM address of every matrix an MM reads, in execution order (shows
+        #: which MoE experts a run selected)
+        self.mm_reads: list[int] | None = None
         #: timing-only runs: loops that may be fast-forwarded, head pc -> (counter reg, limit)
         self.loop_hints: dict[int, tuple[int, int]] = {}
         self._visits: dict[int, list[tuple]] = {}
@@ -270,6 +276,8 @@ class IsaDevice:
 
     def _mm(self, v: dict) -> None:
         key = (int(v["w"]), v["ldb"], int(v["rows"]), int(v["cols"]))
+        if self.mm_reads is not None:
+            self.mm_reads.append(key[0])
         if "prefetched" in v["flags"]:
             oldest = self._pending_prefetch[0] if self._pending_prefetch else None
             if oldest != key:
@@ -341,7 +349,7 @@ class IsaDevice:
             self.sregs[v["sd"]] = nx.dot(self._vec(v, "a", n), self._vec(v, "b", n), width)
         elif op == "ARGMAX":
             x = self._vec(v, "a", n)
-            if self.argmax_inputs is not None:
+            if self.argmax_inputs is not None and self.argmax_pc in (None, self.pc):
                 self.argmax_inputs.append(x[:n].copy())
             idx = int(np.argmax(x.astype(np.float32)))
             self._setr(v["rd"], int(v["base"]) + idx)
@@ -350,7 +358,7 @@ class IsaDevice:
             self.vbuf[self._vrange(int(v["dst"]), 1, "VSET")] = nx.round_fp16(
                 self.sregs[v["s"]])
         elif op == "VGET":
-            self.sregs[v["sd"]] = nx.widen(self.vbuf[self._vrange(int(v["src"]), 1, "VGET")])
+            self.sregs[v["sd"]] = nx.widen(self.vbuf[self._vrange(int(v["src"]), 1, "VGET")])[0]
         elif op == "SLI":
             self.sregs[v["sd"]] = np.float32(v["imm"])
         elif op == "SMULI":

@@ -1,0 +1,143 @@
+"""How the MoE blocks of an MoE-GPT map onto D devices: expert parallelism.
+
+Attention stays tensor-parallel (as `plan` describes); an MoE block's FFN is split by
+*experts*: each expert lives whole on one device, chosen by `models.moe.topology.place_experts`
+on the ring's cost model (`Topology.ring` from the config's link figures), with the expert's
+weight streaming time as its compute cost, so that busy experts spread over the ring.
+
+On every device, per MoE block:
+- the router matrix (E x cp) is replicated; the device computes the router logits, the top-1
+  (ARGMAX) and for top-2 the second choice (ARGMAX after masking the first), and the combine
+  weights (exp of logit - max, renormalised over the k chosen, or over all E);
+- a table in channel 0's scalar area maps (layer, expert) -> the local slot of that expert or
+  -1; an expert that is local is run from `experts + slot * expert_stride`, an address
+  computed in a register at run time;
+- each device writes the weighted sum of its local experts' outputs (or zeros) into its own
+  slot of a D x cp buffer; after an ALLGATHER every device sums the D slots in device order.
+  Adding zeros is exact and FP16 addition commutes, so the result is bit-identical for every
+  device count and placement.
+
+Dense and MoE blocks share one layer layout up to the attention projection (LayerNorm and bias
+vector, QKV, projection); the rest of a layer's region holds either the dense MLP or the
+router and the expert slots, and the layer stride is the larger of the two. A second
+scalar-area table holds each layer's kind, which the program reads at the start of a layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hw.config import AccelConfig
+
+__all__ = ["MoEPlan", "measure_expert_loads", "plan_moe", "scalar_tables"]
+
+
+def _up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+@dataclass
+class MoEPlan:
+    experts: int  # E, per MoE block
+    top_k: int  # experts per token (1 or 2)
+    renormalize: bool  # combine weights renormalised over the chosen experts
+    layers: list[int]  # indices of the MoE blocks
+    ie: int  # an expert's hidden width
+    ie_p: int  # ... padded to align
+    ldb_ie: int  # beats per row of an expert's down projection
+    ep: int  # router logits per token, padded to align
+    slots: int  # expert slots per device in each MoE block
+    expert_device: dict[int, list[int]] = field(default_factory=dict)  # layer -> device of e
+    expert_slot: dict[int, list[int]] = field(default_factory=dict)  # layer -> slot of e
+    placement_step_us: dict[int, float] = field(default_factory=dict)  # the model's step time
+    expert_loads: dict[int, list[float]] = field(default_factory=dict)  # what placement used
+    expert_regions: dict[str, object] = field(default_factory=dict)  # offsets in an expert
+    expert_stride: int = 0  # bytes per channel of one expert slot
+    kind_table: int = 0  # scalar-area byte offset: int32 per layer, 1 for MoE blocks
+    slot_table: int = 0  # scalar-area byte offset: int32 per (layer, expert), -1 if remote
+
+    def local_experts(self, layer: int, device: int) -> list[int]:
+        """Experts of `layer` held by `device`, in slot order."""
+        owners = self.expert_device[layer]
+        return sorted((e for e in range(self.experts) if owners[e] == device),
+                      key=lambda e: self.expert_slot[layer][e])
+
+    def summary(self) -> dict:
+        return {
+            "experts": self.experts, "top_k": self.top_k, "renormalize": self.renormalize,
+            "layers": self.layers, "expert_hidden": self.ie, "expert_hidden_padded": self.ie_p,
+            "slots_per_device": self.slots, "expert_stride": self.expert_stride,
+            "kind_table": self.kind_table, "slot_table": self.slot_table,
+            "placement": {str(layer): {"expert_device": self.expert_device[layer],
+                                       "expert_slot": self.expert_slot[layer],
+                                       "expert_loads": self.expert_loads[layer],
+                                       "modelled_step_us": self.placement_step_us[layer]}
+                          for layer in self.layers},
+        }
+
+
+def measure_expert_loads(model, token_ids) -> dict[int, list[float]]:
+    """{block: assignments per expert} of the golden MoE-GPT's router over `token_ids`, the
+    `expert_loads` for `compile_model` that place experts by the traffic they will see."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        model(torch.as_tensor([list(token_ids)]))
+    blocks = [block for block, _ in model.moe_blocks()]
+    return {block: [float(c) for c in counts.tolist()]
+            for block, counts in zip(blocks, model.last_aux.exp_counts, strict=True)}
+
+
+def plan_moe(shape, config: AccelConfig, expert_loads: dict | None = None) -> MoEPlan:
+    """Place every MoE block's experts on the ring and size the expert slots.
+
+    expert_loads: {layer: (E,) tokens per expert}, e.g. routing counts measured on a corpus;
+    missing layers (and the default) use uniform loads."""
+    from models.moe.topology import Topology, place_experts
+
+    from .plan import CompileError
+
+    d, a = config.devices, config.align
+    E, k = shape.moe_experts, shape.moe_top_k
+    ie_p = _up(shape.n_inner, a)
+    m = MoEPlan(experts=E, top_k=k, renormalize=shape.moe_renormalize,
+                layers=list(shape.moe_layers), ie=shape.n_inner, ie_p=ie_p,
+                ldb_ie=ie_p // config.lane_width, ep=_up(E, a), slots=-(-E // d))
+    topology = Topology.ring(d, link_gbps=config.ring_gbps,
+                             hop_latency_us=config.ring_hop_latency_ns / 1e3,
+                             local_gbps=config.hbm_peak_gbps)
+    # an expert's cost per token is streaming its two matrices from HBM (batch-1 decode)
+    expert_bytes = 2 * 2 * shape.n_embd * shape.n_inner
+    compute_us = expert_bytes / (config.hbm_peak_gbps * 1e3)
+    loads_in = expert_loads or {}
+    for layer in m.layers:
+        loads = [float(x) for x in loads_in.get(layer, [1.0] * E)]
+        if len(loads) != E or min(loads) < 0:
+            raise CompileError(f"expert_loads of block {layer} must be {E} counts >= 0, "
+                               f"not {loads}")
+        placement = place_experts(topology, loads, bytes_per_token=2 * shape.n_embd,
+                                  slots_per_rank=m.slots, compute_us_per_token=compute_us)
+        owners = placement.expert_rank
+        slot = [0] * E
+        for dev in range(d):
+            for s, e in enumerate(e for e in range(E) if owners[e] == dev):
+                slot[e] = s
+        m.expert_device[layer] = owners
+        m.expert_slot[layer] = slot
+        m.placement_step_us[layer] = round(placement.step_us, 6)
+        m.expert_loads[layer] = loads
+    return m
+
+
+def scalar_tables(plan, device: int) -> dict[int, list[int]]:
+    """Channel-0 scalar-area words of `device`'s tables: byte offset -> int32 values."""
+    m: MoEPlan = plan.moe
+    n_layer = plan.shape.n_layer
+    kinds = [1 if layer in m.layers else 0 for layer in range(n_layer)]
+    slots = [-1] * (n_layer * m.experts)
+    for layer in m.layers:
+        for e in range(m.experts):
+            if m.expert_device[layer][e] == device:
+                slots[layer * m.experts + e] = m.expert_slot[layer][e]
+    return {m.kind_table: kinds, m.slot_table: slots}
