@@ -40,6 +40,9 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--return-logits", action="store_true",
                    help="isa: add each step's final logits to the JSON (`logits`)")
+    p.add_argument("--xclbin", default=None,
+                   help="board: the kernel's .xclbin (its link.cfg beside it gives the HBM "
+                   "bank of every port)")
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -49,8 +52,20 @@ def _parse_ids(text: str) -> list[int]:
         raise UsageError(f"--prompt-ids must be comma-separated integers, not {text!r}") from None
 
 
+def _options(args) -> dict:
+    options = backend_options(args)
+    if args.backend == "board":
+        if args.xclbin is None:
+            raise UsageError("--backend board needs --xclbin PATH (the kernel's .xclbin)")
+        options["xclbin"] = args.xclbin
+    elif args.xclbin is not None:
+        raise UsageError(f"--xclbin applies to --backend board, not {args.backend}")
+    return options
+
+
 def run(args) -> int:
     require_backend(args.backend)  # checked before the (slow) model load
+    _options(args)
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, not {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
@@ -66,7 +81,7 @@ def run(args) -> int:
         prompt_ids = _parse_ids(args.prompt_ids)
     model.check_prompt(prompt_ids, args.max_new_tokens)
     check_tokenizer_fits(tokenizer, model)
-    backend = make_backend(args.backend, model, **backend_options(args))
+    backend = make_backend(args.backend, model, **_options(args))
     request = GenerationRequest(prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
                                 args.seed)
 

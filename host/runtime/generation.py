@@ -98,11 +98,28 @@ def _rtl_backend(model: nn.Module, config: str = "tiny", devices: int = 1,
                       **options)
 
 
+def _board_backend(model: nn.Module, config: str = "tiny", devices: int = 1,
+                   return_logits: bool = False, xclbin: str | None = None,
+                   **options) -> GenerationBackend:
+    from hw.config import load_config
+
+    from .board import BoardBackend
+
+    if xclbin is None:
+        raise UsageError("the board backend needs the kernel's --xclbin (built by `python -m "
+                         "hw.vitis --config u280 --out DIR` and DIR/build.sh)")
+    keep = ("prefill", "prefill_numerics", "pynq", "link_cfg", "timeout_s")
+    return BoardBackend(model, load_config(config, devices), xclbin,
+                        return_logits=return_logits,
+                        **{k: options[k] for k in keep if k in options})
+
+
 #: Backend name -> factory(model, **options) -> GenerationBackend.
 BACKENDS: dict[str, Callable[..., GenerationBackend]] = {
     "torch": lambda model, **_: TorchBackend(model),
     "isa": _isa_backend,
     "rtl": _rtl_backend,
+    "board": _board_backend,
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import AccelConfig
 from .kernel_xml import KERNEL_NAME, RING_PORTS, RTL_MODULE, KernelPorts, kernel_xml
-from .link import PLATFORMS, Platform, RingLink, connectivity_cfg, platform_for
+from .link import PLATFORMS, Platform, RingLink, connectivity_cfg, platform_for, port_banks
 from .scripts import RTL_BUILD, VERILOG_FILE, WRAPPER_FILE, build_script, package_tcl
 from .wrapper import vitis_wrapper
 
@@ -33,6 +33,7 @@ __all__ = [
     "kernel_xml",
     "package_tcl",
     "platform_for",
+    "port_banks",
     "vitis_wrapper",
     "write_build",
 ]

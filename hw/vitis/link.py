@@ -10,12 +10,13 @@ is refused rather than left dangling.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..config import AccelConfig, ConfigError
 from .kernel_xml import KERNEL_NAME
 
-__all__ = ["PLATFORMS", "Platform", "RingLink", "connectivity_cfg", "platform_for"]
+__all__ = ["PLATFORMS", "Platform", "RingLink", "connectivity_cfg", "platform_for", "port_banks"]
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,10 @@ class RingLink:
 
 
 def connectivity_cfg(config: AccelConfig, devices: int = 1,
-                     ring_link: RingLink | None = None) -> str:
-    """The v++ `--config` file of one card's build for a ring of `devices` cards."""
-    platform = platform_for(config)
+                     ring_link: RingLink | None = None, platform: Platform | None = None) -> str:
+    """The v++ `--config` file of one card's build for a ring of `devices` cards, on `config`'s
+    platform or on `platform` (a simulated card's, for configs no Alveo shell builds)."""
+    platform = platform or platform_for(config)
     if devices < 1:
         raise ConfigError(f"devices must be at least 1, not {devices}")
     if devices > 1 and ring_link is None:
@@ -105,3 +107,24 @@ def connectivity_cfg(config: AccelConfig, devices: int = 1,
                   f"stream_connect={cu}.ring_tx:{link}.{ring_link.tx_port}",
                   f"stream_connect={link}.{ring_link.rx_port}:{cu}.ring_rx"]
     return "\n".join(lines) + "\n"
+
+
+_SP = re.compile(r"^\s*sp\s*=\s*([\w.]+)\.(m_axi_\w+)\s*:\s*(\S+)\s*$")
+
+
+def port_banks(cfg_text: str, cu: str = f"{KERNEL_NAME}_1") -> dict[str, str]:
+    """`m_axi` port -> memory bank (`HBM[k]`) of compute unit `cu`, from the `sp=` lines of a
+    connectivity config (`connectivity_cfg`'s output, or a hand-edited copy of it)."""
+    banks: dict[str, str] = {}
+    section = None
+    for raw in cfg_text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("["):
+            section = line
+            continue
+        m = _SP.match(line)
+        if m and section == "[connectivity]" and m.group(1) == cu:
+            if m.group(2) in banks:
+                raise ConfigError(f"the connectivity config binds {cu}.{m.group(2)} twice")
+            banks[m.group(2)] = m.group(3)
+    return banks

@@ -31,13 +31,11 @@ from hw.regmap import regmap
 from sim import runner
 from sim.core import top
 
+from ..host_images import HostImages
 from ..isa import IsaCluster
 from .timing import attribute
 
 __all__ = ["RtlCluster", "RtlDevice", "RtlError", "parse_trace", "parse_writes"]
-
-_PAGE = 4096
-
 
 class RtlError(RuntimeError):
     """The simulated kernel faulted, did not finish, or left results that cannot be read."""
@@ -119,7 +117,7 @@ _CONTROL = {"NOP", "HALT", "LI", "ADDI", "ADD", "SUB", "MUL", "MULI", "MIN", "BL
             "BEQ", "BNE", "JMP"}
 
 
-class RtlCluster:
+class RtlCluster(HostImages):
     """The `rtl` backend's devices (see the module doc). `hbm_rate` and `link_rate` (out of 256)
     thin out the memory and link handshakes at random; 256 never stalls."""
 
@@ -152,21 +150,7 @@ class RtlCluster:
     # -- Device protocol -------------------------------------------------------------------
 
     def load(self, programs: list[list[Instr]], images: list[HbmImage] | None) -> None:
-        n = self.config.devices
-        if len(programs) < n:
-            raise ValueError(f"{n} devices need {n} programs, not {len(programs)}")
-        self.devices = [RtlDevice(d, programs[d]) for d in range(n)]
-        self.images = [images[d].copy() if images is not None else HbmImage(self.config)
-                       for d in range(n)]
-
-    def write_i32(self, device: int, offset: int, values) -> None:
-        self.images[device].write_i32(offset, values)
-
-    def read_i32(self, device: int, offset: int, n: int) -> np.ndarray:
-        return self.images[device].read_i32(offset, n)
-
-    def image(self, device: int) -> HbmImage:
-        return self.images[device]
+        self._load(programs, images, RtlDevice)
 
     def start(self) -> None:
         for dev in self.devices:
@@ -182,11 +166,6 @@ class RtlCluster:
         return {"cycles": cycles, "instructions": [dev.executed for dev in self.devices]}
 
     # -- simulation ------------------------------------------------------------------------
-
-    def program_offset(self, device: int) -> int:
-        """Where the program lies in port 0's buffer: the first page above the image."""
-        used = self.images[device].used_bytes(0)
-        return -(-max(used, self.config.scalar_area_bytes) // _PAGE) * _PAGE
 
     def _ensure_built(self):
         if self._sim is None:

@@ -1,0 +1,55 @@
+"""`BoardBackend`: generation on Alveo cards through PYNQ.
+
+The compiled model, the job descriptor and the token stream are `AcceleratorBackend`'s; only
+the cluster differs (`BoardCluster`). A card runs the whole job to HALT and reports one cycle
+count, so every step carries the run's `run_cycles`, and its `ms` is the run's kernel time at
+the configured clock spread evenly over the tokens (the board measures no per-token time);
+`time_split` is not reported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from torch import nn
+
+from hw.config import AccelConfig
+from hw.layout import DESC
+
+from ...errors import UsageError
+from ..accelerator import AcceleratorBackend
+from ..generation import Step
+from .cluster import BoardCluster
+
+__all__ = ["BoardBackend"]
+
+
+class BoardBackend(AcceleratorBackend):
+    """`AcceleratorBackend` on a `BoardCluster`."""
+
+    def __init__(self, model: nn.Module, config: AccelConfig, xclbin: str | Path, *,
+                 pynq: ModuleType | None = None, link_cfg: str | Path | None = None,
+                 timeout_s: float = 60.0, return_logits: bool = False,
+                 **options: Any) -> None:
+        if return_logits:
+            raise UsageError("the board backend cannot return logits (the argmax runs on the "
+                             "cards); use --backend isa for logits")
+        super().__init__(model, config, name="board", **options)
+        self.xclbin = Path(xclbin)
+        self.cluster = BoardCluster(config, xclbin, pynq=pynq, link_cfg=link_cfg,
+                                    timeout_s=timeout_s,
+                                    tokens_at=DESC.out_tokens(model.config.n_positions))
+        self.cluster.load(self.compiled.programs, self.compiled.images)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "xclbin": str(self.xclbin)}
+
+    def _step(self, token: int, snap: dict, prev: dict, index: int, wall_s: float) -> Step:
+        ms = self.config.cycles_to_ms(snap["cycles"]) / snap["tokens"]
+        return Step(token, ms, {"run_cycles": int(snap["cycles"]),
+                                "wall_ms": round(wall_s * 1e3, 3)})
+
+    def _split(self, request, host, steps_ms, walls_ms) -> None:
+        return None
