@@ -24,6 +24,7 @@ from host.runtime.accelerator import AcceleratorBackend
 from host.runtime.generation import GenerationRequest, make_backend
 from host.runtime.rtl.timing import compare
 from hw.config import load_config
+from hw.isa import OPCODES
 from hw.perf import CATEGORIES
 from sim.toolchain import available_simulators
 
@@ -117,7 +118,8 @@ def test_tokens_and_memory_are_bit_exact_with_isa(runs, devices):
 @pytest.mark.parametrize("devices", [1, 2])
 def test_cycles_are_within_5_percent_of_the_timing_model(runs, devices):
     """The calibrated timing model (hw/perf.py) predicts the RTL's total within 5%, and each
-    opcode's mean issue-to-done latency within 15% or 8 cycles."""
+    opcode's mean issue-to-done latency within 15% or 8 cycles (ring collectives aside: theirs
+    includes the wait for the slowest device, which the totals cover)."""
     _, rtl, _, _ = runs(devices)
     for d, dev in enumerate(rtl.cluster.devices):
         cmp = compare(dev.timeline, rtl.cluster.reference.devices[d].trace)
@@ -126,6 +128,8 @@ def test_cycles_are_within_5_percent_of_the_timing_model(runs, devices):
               + ", ".join(f"{k} {v:+.0f}" for k, v in cmp["difference"].items()))
         assert cmp["ratio"] == pytest.approx(1.0, abs=0.05), cmp["difference"]
         for op, e in cmp["per_op"].items():
+            if OPCODES[op].unit == "ring":  # includes the wait for the other devices
+                continue
             rtl_mean, model_mean = e["rtl_cycles"] / e["count"], e["model_cycles"] / e["count"]
             assert abs(rtl_mean - model_mean) <= max(8.0, 0.15 * model_mean), (op, e)
 
