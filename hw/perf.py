@@ -32,12 +32,12 @@ Costs (cycles; P ports, W values per beat, rate = sustained beats per cycle per 
   VMAX and ARGMAX (compare trees) take a beat per cycle and `reduce_latency_cycles`.
 - A biased MM reads its bias vector (ceil(rows/align) beats) before the lanes start; a TOKOUT
   completes when the memory acknowledges the write.
+- Ring (bidirectional): ceil((D-1)/2) steps, each a hop latency plus the slice's bytes at the
+  link rate; all devices start a collective together, when the last one is ready.
 
 Calibration: the pipeline depths (`*_latency_cycles`, `branch_penalty_cycles`) and the tiny
 config's `hbm_burst_gap_cycles` are the RTL's, measured instruction by instruction against
 the Verilator build (`python scripts/calibrate_timing.py`, which also checks totals within 5%).
-- Ring (bidirectional): ceil((D-1)/2) steps, each a hop latency plus the slice's bytes at the
-  link rate; all devices start a collective together, when the last one is ready.
 
 The breakdown attributes each cycle of the run to the instruction whose completion advanced
 the finishing time, so the categories sum to the total: `weights` (prefetched weight streaming),
@@ -67,11 +67,10 @@ __all__ = [
 
 CATEGORIES = ("weights", "compute", "attention", "vector", "sync", "dma", "control")
 _SUMS = {"VSUM", "VDOT"}
-#: engines that take the next instruction only once this one has completed: the MPU drains
-#: its lanes and writes every result first, the DMA engine waits for the last beat or the
-#: write acknowledgement (the RTL does both)
-_SERIAL_ENGINES = {"mpu"}
 _REDUCTIONS = {"VMAX", "ARGMAX"}
+#: engines that take the next instruction only once this one has completed: the RTL's MPU
+#: drains its lanes and writes every result first
+_SERIAL_ENGINES = {"mpu"}
 _SFU = {"VEXP", "VGELU"}
 
 
