@@ -65,7 +65,7 @@ def _options(args) -> dict:
 
 def run(args) -> int:
     require_backend(args.backend)  # checked before the (slow) model load
-    _options(args)
+    options = _options(args)  # usage errors before the (slow) model load
     if args.temperature < 0:
         raise UsageError(f"--temperature must be >= 0, not {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
@@ -81,7 +81,7 @@ def run(args) -> int:
         prompt_ids = _parse_ids(args.prompt_ids)
     model.check_prompt(prompt_ids, args.max_new_tokens)
     check_tokenizer_fits(tokenizer, model)
-    backend = make_backend(args.backend, model, **_options(args))
+    backend = make_backend(args.backend, model, **options)
     request = GenerationRequest(prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
                                 args.seed)
 
