@@ -13,7 +13,9 @@ Operand kinds (`KINDS`):
            is the offset inside every pseudo-channel (data is striped, see `hw.layout`); for
            LDR/TOKOUT it is a byte offset in channel 0's scalar area;
 - `count`  a length or index: 20-bit immediate + register (`64`, `r5`, `1+r5`);
-- `u16`, `u22`: unsigned immediates; `i32`: signed immediate; `f32`, `f16`: float immediates;
+- `u16`, `u22`: unsigned immediates; `i32`: signed immediate; `f32`, `f16`: float immediates
+           (held as `FloatImm`, which keeps the exact bit pattern, NaN payload and sign
+           included; the text form writes a NaN as its bits, `bits:0x7fc00001`);
 - `target` an instruction index (a label in assembly text);
 - `flags`  named bits (`flags=bias|prefetched`).
 
@@ -23,6 +25,7 @@ and position, and so MoE expert weights can be selected at run time.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ __all__ = [
     "NUM_REGS",
     "OPCODES",
     "WORD_BITS",
+    "FloatImm",
     "Instr",
     "IsaError",
     "OpSpec",
@@ -178,6 +182,67 @@ OPCODES: dict[str, OpSpec] = {s.name: s for s in _SPECS}
 _BY_CODE: dict[int, OpSpec] = {s.code: s for s in _SPECS}
 
 
+_FLOAT_DTYPES = {"f32": (np.float32, np.uint32, 32), "f16": (np.float16, np.uint16, 16)}
+
+
+class FloatImm(float):
+    """A float immediate that remembers the exact bits of its `fmt` ("f32" or "f16").
+
+    It is the float the word holds (arithmetic and comparisons with plain floats work as on
+    that float), plus `bits`, so that a NaN keeps its payload and sign (converting a
+    signalling NaN to a Python float would quieten it). Two FloatImm are equal when their
+    bits are: NaN equals the same NaN, and 0.0 differs from -0.0.
+    """
+
+    __slots__ = ("bits", "fmt")
+
+    def __new__(cls, bits: int, fmt: str) -> FloatImm:
+        ftype, utype, width = _FLOAT_DTYPES[fmt]
+        if not isinstance(bits, int | np.integer) or not 0 <= bits < 1 << width:
+            raise IsaError(f"{fmt} bits must be an integer in 0..0x{(1 << width) - 1:x}, "
+                           f"not {bits!r}")
+        obj = super().__new__(cls, float(np.array(bits, utype).view(ftype)))
+        obj.bits = int(bits)
+        obj.fmt = fmt
+        return obj
+
+    @classmethod
+    def of(cls, value: object, fmt: str) -> FloatImm:
+        """`value` rounded to `fmt` (a FloatImm of the same format is kept bit for bit)."""
+        if isinstance(value, FloatImm) and value.fmt == fmt:
+            return value
+        ftype, utype, _ = _FLOAT_DTYPES[fmt]
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer
+                                                     | np.floating):
+            raise IsaError(f"a {fmt} immediate must be a number, not {value!r}")
+        try:
+            with np.errstate(over="ignore"):  # out of range rounds to +-inf
+                return cls(int(np.array(value, ftype).view(utype)), fmt)
+        except OverflowError:  # an int beyond float64
+            return cls.of(math.inf if value > 0 else -math.inf, fmt)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, FloatImm):
+            return self.fmt == other.fmt and self.bits == other.bits
+        return float.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((self.fmt, self.bits)) if self != self else float.__hash__(self)
+
+    def __reduce__(self):
+        return FloatImm, (self.bits, self.fmt)
+
+    def text(self) -> str:
+        """The assembly form: the shortest decimal that reads back to these bits, or for a
+        NaN its bits in hex (payload and sign kept)."""
+        if math.isnan(self):
+            return f"bits:0x{self.bits:0{_FLOAT_DTYPES[self.fmt][2] // 4}x}"
+        return repr(float(self))
+
+
 @dataclass(frozen=True)
 class Operand:
     """An immediate plus an optional index register (reg 0 means none)."""
@@ -242,9 +307,8 @@ class Instr:
                 bad = sorted(value - set(spec.flags))
                 if bad:
                     raise IsaError(f"{self.op} has no flag {bad[0]!r}; flags: {spec.flags}")
-            elif k.fmt in ("f32", "f16"):  # store the value the word will hold
-                dtype = np.float32 if k.fmt == "f32" else np.float16
-                value = float(dtype(0.0 if value is None else value))
+            elif k.fmt in ("f32", "f16"):  # store the value the word will hold, bit for bit
+                value = FloatImm.of(0.0 if value is None else value, k.fmt)
             elif value is None:
                 value = 0
             self.args[name] = value
@@ -280,10 +344,8 @@ def _encode_field(instr: Instr, name: str, kind_name: str) -> int:
         return imm | (reg << kind.imm_bits)
     if kind.fmt in ("reg", "sreg"):
         return _check_range(op, name, value, REG_BITS, False)
-    if kind.fmt == "f32":
-        return int(np.asarray(value, np.float32).view(np.uint32))
-    if kind.fmt == "f16":
-        return int(np.asarray(value, np.float16).view(np.uint16))
+    if kind.fmt in ("f32", "f16"):
+        return FloatImm.of(value, kind.fmt).bits
     if kind.fmt == "flags":
         spec = OPCODES[op]
         return sum(1 << spec.flags.index(f) for f in value)
@@ -301,6 +363,12 @@ def encode(instr: Instr) -> int:
 
 
 def decode(word: int, where: str = "word") -> Instr:
+    """The instruction a 256-bit word holds; IsaError for anything that is not one.
+
+    Every word that decodes encodes back to itself: `encode(decode(w)) == w`."""
+    if isinstance(word, bool) or not isinstance(word, int | np.integer):
+        raise IsaError(f"{where} must be an integer, not {type(word).__name__}")
+    word = int(word)
     if not 0 <= word < 1 << WORD_BITS:
         raise IsaError(f"{where} does not fit {WORD_BITS} bits")
     code = word & ((1 << OPCODE_BITS) - 1)
@@ -315,10 +383,8 @@ def decode(word: int, where: str = "word") -> Instr:
         imm = raw & ((1 << kind.imm_bits) - 1)
         if kind.has_reg:
             args[name] = Operand(imm, raw >> kind.imm_bits)
-        elif kind.fmt == "f32":
-            args[name] = float(np.uint32(imm).view(np.float32))
-        elif kind.fmt == "f16":
-            args[name] = float(np.uint16(imm).view(np.float16))
+        elif kind.fmt in ("f32", "f16"):
+            args[name] = FloatImm(imm, kind.fmt)
         elif kind.fmt == "flags":
             if imm >> len(spec.flags):
                 raise IsaError(f"{where}: {spec.name} sets undefined flag bits 0x{imm:x}")
@@ -344,7 +410,21 @@ def encode_program(program: Sequence[Instr]) -> np.ndarray:
 
 
 def decode_program(words: np.ndarray) -> list[Instr]:
-    words = np.asarray(words, dtype=np.uint64).reshape(-1, WORD_BITS // 64)
+    """(N, 4) uint64 words (or N*4 flat) -> instructions; IsaError for anything else."""
+    per_word = WORD_BITS // 64
+    try:
+        array = np.asarray(words)
+    except (TypeError, ValueError) as e:
+        raise IsaError(f"program words must be an (N, {per_word}) integer array: {e}") from None
+    if array.dtype.kind not in "ui":
+        raise IsaError(f"program words must be unsigned 64-bit integers, not {array.dtype}")
+    if array.size and (array.min() < 0 or int(array.max()) >= 1 << 64):
+        raise IsaError("program words must be unsigned 64-bit integers, not negative ones")
+    if not ((array.ndim == 2 and array.shape[1] == per_word)
+            or (array.ndim == 1 and array.size % per_word == 0)):
+        raise IsaError(f"program words must have shape (N, {per_word}) or (N*{per_word},), "
+                       f"not {array.shape}")
+    words = array.astype(np.uint64).reshape(-1, per_word)
     out = []
     for i, row in enumerate(words):
         word = sum(int(v) << (64 * j) for j, v in enumerate(row))
@@ -380,7 +460,7 @@ def format_instr(instr: Instr, labels: dict[int, str] | None = None) -> str:
         elif kind.fmt == "sreg":
             text = f"s{value}"
         elif kind.fmt in ("f32", "f16"):
-            text = repr(float(value))
+            text = FloatImm.of(value, kind.fmt).text()
         elif kind.fmt == "flags":
             if not value:
                 continue
@@ -392,21 +472,26 @@ def format_instr(instr: Instr, labels: dict[int, str] | None = None) -> str:
             text = str(value)
         parts.append(f"{name}={text}")
     line = " ".join(parts)
-    return f"{line}  # {instr.comment}" if instr.comment else line
+    comment = " ".join(instr.comment.split())  # one line, whatever the comment holds
+    return f"{line}  # {comment}" if comment else line
 
 
 def disassemble(program: Sequence[Instr]) -> str:
-    """Text with a label before every branch target; `assemble` reads it back exactly."""
-    targets = sorted({ins.args["target"] for ins in program if "target" in ins.args})
+    """Text with a label before every branch target; `assemble` reads it back exactly.
+
+    A target beyond the end of the program (which can only be reached by running off it) has
+    no place for a label and is written as its index, `@N`."""
+    targets = sorted({ins.args["target"] for ins in program if "target" in ins.args
+                      and isinstance(ins.args["target"], int)
+                      and ins.args["target"] <= len(program)})
     labels = {t: f"L{t}" for t in targets}
     lines = []
     for i, instr in enumerate(program):
         if i in labels:
             lines.append(f"{labels[i]}:")
         lines.append("    " + format_instr(instr, labels))
-    for t in targets:  # a branch may target one past the end (a fall-through exit)
-        if t >= len(program):
-            lines.append(f"{labels[t]}:")
+    if len(program) in labels:  # a branch may target one past the end (a fall-through exit)
+        lines.append(f"{labels[len(program)]}:")
     return "\n".join(lines) + "\n"
 
 
@@ -426,13 +511,21 @@ def _parse_value(op: str, name: str, kind_name: str, text: str, where: str):
                 raise ValueError
             return int(m.group(1))
         if kind.fmt in ("f32", "f16"):
+            if text.startswith("bits:"):
+                return FloatImm(int(text[5:], 16), kind.fmt)
             return float(text)
         if kind.fmt == "flags":
             return frozenset(f for f in text.split("|") if f)
         if kind.fmt == "target":
-            return int(text[1:]) if text.startswith("@") else text
+            if text.startswith("@"):
+                if not text[1:].isdigit():
+                    raise ValueError
+                return int(text[1:])
+            if not re.fullmatch(r"[A-Za-z_.][\w.]*", text):
+                raise ValueError
+            return text
         return int(text, 0)
-    except ValueError:
+    except (ValueError, IsaError):
         raise IsaError(f"{where}: {op}.{name} cannot be {text!r}") from None
 
 

@@ -11,6 +11,7 @@ from hw.isa import (
     KINDS,
     OPCODES,
     WORD_BITS,
+    FloatImm,
     Instr,
     IsaError,
     Operand,
@@ -151,3 +152,106 @@ def test_float_immediates_hold_the_encoded_value():
     instr = Instr("SMULI", {"sd": 1, "sa": 2, "imm": 1 / 3})
     assert instr.args["imm"] == float(np.float32(1 / 3))
     assert decode(encode(instr)) == instr
+
+
+# -- every word that decodes: binary and text round trips are exact ------------------------------
+
+def _nan_bits(width: int):
+    """NaN bit patterns of a float `width` wide: any sign, any non-zero payload (quiet or
+    signalling)."""
+    mant = {32: 23, 16: 10}[width]
+    exp = ((1 << (width - 1 - mant)) - 1) << mant
+    return st.builds(lambda sign, payload: sign << (width - 1) | exp | payload,
+                     st.integers(0, 1), st.integers(1, (1 << mant) - 1))
+
+
+def _field_bits(spec, name, kind_name, width):
+    kind = KINDS[kind_name]
+    if kind.fmt == "flags":
+        return st.integers(0, (1 << len(spec.flags)) - 1)
+    if kind.fmt in ("f32", "f16"):
+        return st.one_of(st.integers(0, (1 << width) - 1), _nan_bits(width))
+    return st.integers(0, (1 << width) - 1)
+
+
+@st.composite
+def words(draw):
+    """A word that decodes: a real opcode, every field any value it can hold."""
+    spec = OPCODES[draw(st.sampled_from(sorted(OPCODES)))]
+    word = spec.code
+    for name, kind, lsb, width in field_layout(spec.name):
+        word |= draw(_field_bits(spec, name, kind, width)) << lsb
+    return word
+
+
+@settings(max_examples=1000, deadline=None)
+@given(words())
+def test_every_decodable_word_encodes_back_to_itself(word):
+    assert encode(decode(word)) == word
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(0, 2**WORD_BITS - 1) | st.integers(0, 2**64 - 1))
+def test_any_word_decodes_exactly_or_is_refused_with_isa_error(word):
+    try:
+        instr = decode(word)
+    except IsaError:
+        return
+    assert encode(instr) == word
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(words(), min_size=1, max_size=12))
+def test_disassembly_of_any_decoded_program_assembles_to_the_same_words(program_words):
+    """Targets anywhere in 0..65535 (also beyond the end), NaN immediates of any payload."""
+    program = [decode(w) for w in program_words]
+    assert [encode(i) for i in assemble(disassemble(program))] == program_words
+
+
+def test_signalling_nan_immediates_keep_their_bits():
+    word = 0xFF827767A40  # SLI s10, an FP32 signalling NaN with the sign set
+    instr = decode(word)
+    assert instr.op == "SLI"
+    assert isinstance(instr["imm"], FloatImm)
+    assert instr["imm"].bits == 0xFF827767
+    assert encode(instr) == word
+    text = disassemble([instr])
+    assert "imm=bits:0xff827767" in text
+    assert [encode(i) for i in assemble(text)] == [word]
+    f16 = Instr("SADDH", {"sd": 1, "sa": 2, "imm": FloatImm(0xFC01, "f16")})  # -sNaN FP16
+    assert "imm=bits:0xfc01" in str(f16)
+    assert encode(assemble(str(f16))[0]) == encode(f16)
+    assert decode(encode(f16))["imm"].bits == 0xFC01
+
+
+def test_branch_beyond_the_end_is_written_as_its_index():
+    program = [Instr("JMP", {"target": 9}), Instr("BEQ", {"ra": 1, "rb": 2, "target": 2}),
+               Instr("HALT")]
+    text = disassemble(program)
+    assert "target=@9" in text
+    assert "L3" not in text
+    assert "L9" not in text
+    assert assemble(text) == program
+
+
+@pytest.mark.parametrize("word", ["0x40", 1.5, None, True, -1, 1 << WORD_BITS, [0x40]])
+def test_decode_refuses_what_is_not_a_word_with_isa_error(word):
+    with pytest.raises(IsaError):
+        decode(word)
+
+
+@pytest.mark.parametrize("words", [
+    np.array([-1, 0, 0, 0]), np.array([1.0, 0, 0, 0]), np.zeros((2, 2), np.uint64),
+    np.zeros(3, np.uint64), np.zeros((1, 2, 4), np.uint64), "abc", None, [[1, 0], [0]],
+    [[2**70, 0, 0, 0]], np.array([[0xFF, 0, 0, 0]], np.uint64)])
+def test_decode_program_refuses_bad_input_with_isa_error(words):
+    with pytest.raises(IsaError):
+        decode_program(words)
+
+
+@pytest.mark.parametrize("text", ["SLI sd=s1 imm=bits:0x1ffffffff", "SLI sd=s1 imm=bits:zz",
+                                  "JMP target=@-1", "JMP target=@x", "SADDH sd=s1 sa=s1 "
+                                  "imm=bits:0x10000"])
+def test_assembler_refuses_bad_bit_patterns_and_targets(text):
+    with pytest.raises(IsaError, match="cannot be"):
+        assemble(text)
