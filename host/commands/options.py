@@ -8,7 +8,7 @@ import inspect
 import re
 from typing import Any
 
-__all__ = ["add_dataclass_options", "dataclass_from_args"]
+__all__ = ["add_dataclass_options", "add_output_arguments", "dataclass_from_args"]
 
 
 def _field_docs(cls) -> dict[str, str]:
@@ -41,3 +41,12 @@ def dataclass_from_args(cls, args: argparse.Namespace, base: dict[str, Any] | No
         if given is not None:
             values[f.name] = given
     return cls.from_dict(values) if hasattr(cls, "from_dict") else cls(**values)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, help: str) -> None:
+    """--out (required) and --force, as every command that writes a directory spells them
+    (the rules are `hw.outdir`'s)."""
+    parser.add_argument("--out", required=True, help=f"{help} (written whole, or not at all)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out even when it is a non-empty directory this command "
+                        "did not write")

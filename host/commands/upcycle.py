@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 
+from hw.outdir import output_dir
 from models.moe import upcycle_checkpoint
 
 from ..errors import UsageError
+from .options import add_output_arguments
 
 NAME = "upcycle"
 HELP = "make an MoE-GPT checkpoint from a dense GPT-2 one (experts copied from its MLPs)"
@@ -20,7 +22,7 @@ HELP = "make an MoE-GPT checkpoint from a dense GPT-2 one (experts copied from i
 
 def add_arguments(p) -> None:
     p.add_argument("--from", dest="dense", required=True, help="dense GPT-2 checkpoint directory")
-    p.add_argument("--out", required=True, help="directory to write the MoE-GPT checkpoint to")
+    add_output_arguments(p, "directory to write the MoE-GPT checkpoint to")
     p.add_argument("--experts", type=int, required=True, help="experts per MoE block")
     p.add_argument("--every", type=int, default=2,
                    help="block i is MoE when (i + 1) %% every == 0 (default 2)")
@@ -33,8 +35,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     if args.experts < 1:
         raise UsageError(f"--experts must be at least 1, not {args.experts}")
-    model = upcycle_checkpoint(args.dense, args.out, args.experts, args.every, args.top_k,
-                               args.seed, moe_capacity_factor=args.capacity_factor)
+    with output_dir(args.out, NAME, inputs=[args.dense], force=args.force) as tmp:
+        model = upcycle_checkpoint(args.dense, tmp, args.experts, args.every, args.top_k,
+                                   args.seed, moe_capacity_factor=args.capacity_factor)
     cfg = model.config
     print(json.dumps({"out": args.out, "moe_blocks": cfg.moe_layers,
                       "experts": cfg.moe_num_experts, "top_k": cfg.moe_top_k,

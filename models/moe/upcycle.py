@@ -9,6 +9,7 @@ equal the dense model's, whatever the router says; training then lets the expert
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -16,12 +17,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ModelConfigError
 from ..gpt2 import GPT2LMHead
 from ..registry import load_model
 from .moe_gpt import MoEGPT, MoEGPTConfig
 
-__all__ = ["upcycle", "upcycle_checkpoint", "upcycle_into"]
+__all__ = ["upcycle", "upcycle_bytes", "upcycle_checkpoint", "upcycle_into"]
 
 _EXPERT_KEY = re.compile(r"^(transformer\.h\.\d+\.mlp)\.(?:experts\.\d+|residual_mlp)\.(.+)$")
 
@@ -53,6 +54,45 @@ def upcycle_into(moe: MoEGPT, dense: nn.Module) -> None:
         tensor.copy_(source[src_key])
 
 
+def upcycle_bytes(config: MoEGPTConfig) -> int:
+    """Bytes of the upcycled model's parameters in FP32 (as it is built), from its config
+    alone: embeddings, attention and norms as in the dense model, each MoE block's MLP times
+    its experts (plus the residual MLP), and the routers."""
+    d, inner = config.n_embd, config.inner_dim
+    mlp = d * inner + inner + inner * d + d  # c_fc and c_proj, weights and biases
+    block = 4 * d + (d * 3 * d + 3 * d) + (d * d + d)  # two LayerNorms, c_attn, c_proj
+    params = config.vocab_size * d + config.n_positions * d + 2 * d + config.n_layer * block
+    if not config.tie_word_embeddings:
+        params += config.vocab_size * d
+    moe = set(config.moe_layers)
+    for i in range(config.n_layer):
+        if i not in moe:
+            params += mlp
+            continue
+        experts = config.experts_in(i)
+        params += experts * mlp + d * experts  # experts and router
+        if config.moe_use_residual:
+            params += mlp + 2 * d + 2
+    return 4 * params
+
+
+def _available_bytes() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not reported on this system: do not guess
+        return 1 << 62
+
+
+def check_upcycle_fits(config: MoEGPTConfig) -> None:
+    """Raise ModelConfigError when the upcycled model would not fit in the memory this machine
+    has free (it is built in FP32, then saved: about twice its size at the peak)."""
+    need, free = 2 * upcycle_bytes(config), _available_bytes()
+    if need > free:
+        raise ModelConfigError(
+            f"the upcycled model needs about {need / 1e9:.1f} GB of memory (FP32 parameters, "
+            f"built then saved) but {free / 1e9:.1f} GB is free; use fewer experts")
+
+
 def upcycle(dense: GPT2LMHead, num_experts: int | list[int], every: int = 2, top_k: int = 2,
             seed: int = 0, **moe_options) -> MoEGPT:
     """An MoE-GPT whose experts are copies of `dense`'s MLPs; routers drawn from `seed`.
@@ -66,6 +106,7 @@ def upcycle(dense: GPT2LMHead, num_experts: int | list[int], every: int = 2, top
     options = {"moe_renormalize": True, "moe_eval_drop_tokens": False, **moe_options}
     config = MoEGPTConfig.from_dense(dense.config, moe_every=every, moe_num_experts=num_experts,
                                      moe_top_k=top_k, **options)
+    check_upcycle_fits(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         moe = MoEGPT(config)
