@@ -5,6 +5,7 @@ or a sharded `*.index.json`), read and written with clear errors for what a user
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import warnings
 from pathlib import Path
@@ -139,6 +140,18 @@ def load_weights(
                 f"tensor {key!r} in {source} has shape {tuple(tensor.shape)} but config.json "
                 f"implies {want}; the weights and config.json do not belong together"
             )
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            stored = str(tensor.dtype).removeprefix("torch.")
+            raise CheckpointError(
+                f"tensor {key!r} in {source} is stored as {stored}; weights must be floating "
+                "point (float32, float16 or bfloat16)"
+            )
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"tensor {key!r} in {source} holds NaN or infinite values; the checkpoint is "
+                "damaged (or training diverged), re-save it from a good run"
+            )
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items() if k not in aliases}
     model.load_state_dict(state, strict=False, assign=True)
     for name, source_name in aliases.items():  # re-tie what `assign` untied
@@ -146,6 +159,12 @@ def load_weights(
         src_owner, _, src_attr = source_name.rpartition(".")
         setattr(model.get_submodule(owner_path), attr,
                 getattr(model.get_submodule(src_owner), src_attr))
+
+
+def _chmod_like_new_file(file: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    file.chmod(0o666 & ~mask)
 
 
 def save(
@@ -165,4 +184,5 @@ def save(
     stored = next(iter(tensors.values())).dtype
     config = {**config, "dtype": str(stored).removeprefix("torch.")}
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    _chmod_like_new_file(path / "model.safetensors")  # safetensors writes 0600
     (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
