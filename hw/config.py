@@ -32,6 +32,31 @@ class ConfigError(ValueError):
 NUMBER_FORMATS = ("fp16",)
 
 
+_KINDS = {"int": "an integer", "float": "a number", "str": "a string"}
+
+
+def _check_types(config: AccelConfig) -> None:
+    """Every field holds its annotated type: an int field an int (not a bool), a float field a
+    finite int or float (JSON's 1e999 reads as infinity), a str field a string."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kind = str(f.type)
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind == "float":
+            ok = (isinstance(value, int | float) and not isinstance(value, bool)
+                  and math.isfinite(value))
+        elif kind == "str":
+            ok = isinstance(value, str)
+        else:
+            ok = True
+        if not ok:
+            what = _KINDS[kind]
+            if isinstance(value, float) and not math.isfinite(value):
+                what = "a finite number"
+            raise ConfigError(f"{f.name} must be {what}, not {value!r}")
+
+
 @dataclass(frozen=True)
 class AccelConfig:
     name: str = "custom"  #: label carried into reports
@@ -73,6 +98,7 @@ class AccelConfig:
     branch_penalty_cycles: int = 1  #: fetch bubble after a taken branch
 
     def __post_init__(self) -> None:
+        _check_types(self)
         positive_ints = ("devices", "hbm_ports", "hbm_port_width_bits", "hbm_channel_bytes",
                          "hbm_latency_cycles", "hbm_burst_beats", "mpu_lanes", "lane_width",
                          "acc_interleave", "mpu_latency_cycles", "prefetch_beats", "prefetch_queue",
@@ -231,7 +257,11 @@ def load_config(spec: str | Path, devices: int | None = None) -> AccelConfig:
         if not path.is_file():
             raise ConfigError(f"accelerator config {key!r} is neither a preset "
                               f"({', '.join(PRESETS)}) nor a JSON file")
-        config = AccelConfig.from_json(path.read_text())
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"accelerator config {key} cannot be read ({e})") from None
+        config = AccelConfig.from_json(text)
     if devices is not None:
         if not isinstance(devices, int) or devices < 1:
             raise ConfigError(f"devices must be a positive integer, not {devices!r}")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelConfigError
 
-__all__ = ["ACTIVATIONS", "GPT2Config"]
+__all__ = ["ACTIVATIONS", "GPT2Config", "check_field_types"]
 
 #: HF activation names -> the formula used. GPT-2 itself uses the tanh form ("gelu_new").
 ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "erf"}
@@ -27,6 +28,43 @@ _UNSUPPORTED = {
     "scale_attn_weights": True,
     "add_cross_attention": False,
 }
+
+
+def _is(value: Any, kind: str) -> bool:
+    """Whether `value` (from JSON) is of the annotated type `kind`; None for an annotation this
+    check does not know."""
+    if kind == "None":
+        return value is None
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return (isinstance(value, int | float) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "list[int]":
+        return isinstance(value, list) and all(_is(v, "int") for v in value)
+    return True
+
+
+_WORDS = {"None": "null", "bool": "true or false", "int": "an integer", "float": "a number",
+          "str": "a string", "list[int]": "a list of integers"}
+
+
+def check_field_types(config: Any) -> None:
+    """Raise ModelConfigError unless every field of the dataclass `config` holds a value of its
+    annotated type: no string for a number, no null where none is allowed, no NaN or infinite
+    float (JSON's 1e999 reads as infinity)."""
+    for f in dataclasses.fields(config):
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        value = getattr(config, f.name)
+        if not any(_is(value, k) for k in kinds):
+            what = " or ".join(_WORDS.get(k, k) for k in kinds)
+            if isinstance(value, float) and not math.isfinite(value):
+                what = "a finite number"
+            raise ModelConfigError(f"{f.name} must be {what}, not {value!r}")
 
 
 @dataclass
@@ -45,6 +83,7 @@ class GPT2Config:
     model_type: str = "gpt2"
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
