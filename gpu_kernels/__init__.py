@@ -1,1 +1,41 @@
-"""GPU kernels (Triton, optional) with torch fallbacks, each checked against a torch reference."""
+"""GPU kernels (Triton, optional) with torch fallbacks, each checked against a torch reference.
+
+One op per module, each a private `@triton.jit` kernel behind a public function that validates
+its inputs and runs the kernel where Triton can run (CUDA, or CPU under `TRITON_INTERPRET=1`)
+and the op's torch reference elsewhere, so callers never branch:
+
+- `flash_attention(q, k, v, causal=True, past_len=0, scale=None)`: FlashAttention-2 fwd + bwd
+- `layer_norm(x, weight, bias, eps)`: fused LayerNorm fwd + bwd
+- `bias_gelu(x, bias, approximate="tanh")`: fused bias + GELU fwd + bwd
+
+Where the kernels run: `triton_available(device)`; a `kernels=` option ("torch" | "triton" |
+"auto") resolves with `resolve_kernels(kernels, device)`, and `kernels_notice` gives the one
+line to show when "triton" falls back to torch.
+"""
+
+from ._dispatch import (
+    HAVE_TRITON,
+    INTERPRETER,
+    KERNEL_MODES,
+    kernels_notice,
+    resolve_kernels,
+    triton_available,
+)
+from .attention import attention_reference, flash_attention
+from .gelu import bias_gelu, bias_gelu_reference
+from .layernorm import layer_norm, layer_norm_reference
+
+__all__ = [
+    "HAVE_TRITON",
+    "INTERPRETER",
+    "KERNEL_MODES",
+    "attention_reference",
+    "bias_gelu",
+    "bias_gelu_reference",
+    "flash_attention",
+    "kernels_notice",
+    "layer_norm",
+    "layer_norm_reference",
+    "resolve_kernels",
+    "triton_available",
+]

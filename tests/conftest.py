@@ -10,6 +10,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def _enable_triton_interpreter() -> None:
+    """Without CUDA, run the Triton kernels of `gpu_kernels` under Triton's CPU interpreter.
+
+    `@triton.jit` reads TRITON_INTERPRET when the kernel modules are imported, so it is set here,
+    before any test module imports them. With CUDA the kernels compile for the GPU as usual.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_enable_triton_interpreter()
+
+
 def _cuda_reason() -> str | None:
     import torch
 
