@@ -22,7 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PRESETS", "AccelConfig", "ConfigError", "load_config"]
+__all__ = [
+    "ASSUMPTIONS",
+    "CORNERS",
+    "PRESETS",
+    "AccelConfig",
+    "Assumption",
+    "ConfigError",
+    "at_corner",
+    "load_config",
+]
 
 
 class ConfigError(ValueError):
@@ -267,3 +276,55 @@ def load_config(spec: str | Path, devices: int | None = None) -> AccelConfig:
             raise ConfigError(f"devices must be a positive integer, not {devices!r}")
         config = config.with_devices(devices)
     return config
+
+
+# -- assumptions: what only hardware can settle, and how far each may move ---------------------
+
+
+@dataclass(frozen=True)
+class Assumption:
+    """One figure that a projection assumes rather than knows, with its plausible range.
+
+    `optimistic` and `pessimistic` bound the range; `central` is the value a projection's
+    headline uses. `field` names the AccelConfig field it sets, or is "" for a figure outside
+    the accelerator (the host link)."""
+
+    name: str
+    unit: str
+    optimistic: float
+    central: float
+    pessimistic: float
+    source: str
+    field: str = ""
+
+    def value(self, corner: str) -> float:
+        if corner not in CORNERS:
+            raise ConfigError(f"corner must be one of {', '.join(CORNERS)}, not {corner!r}")
+        return getattr(self, corner)
+
+
+CORNERS = ("optimistic", "central", "pessimistic")
+
+#: The assumptions behind every full-size projection. Each corner of the band takes all four at
+#: once (the figures move the same way together), so the band is the widest honest range.
+ASSUMPTIONS: dict[str, Assumption] = {a.name: a for a in (
+    Assumption("clock_mhz", "MHz", 300.0, 250.0, 200.0, field="clock_mhz",
+               source="300: the U280 platform's default kernel clock; 200: where DFX closed "
+               "timing on the same card; no Vivado run here has closed this design"),
+    Assumption("hbm_efficiency", "share of peak", 0.92, 0.85, 0.80, field="hbm_efficiency",
+               source="0.92: Shuhai's best sequential-read efficiency per pseudo-channel on "
+               "the U280; 0.80-0.85: with refresh, row misses and several streams per port"),
+    Assumption("ring_hop_latency_ns", "ns", 500.0, 1000.0, 1000.0,
+               field="ring_hop_latency_ns",
+               source="QSFP28 serdes + framing + router per hop: 0.5-1 us reported for "
+               "FPGA-to-FPGA links; DFX reports no per-hop figure"),
+    Assumption("pcie_gbps", "GB/s per card", 24.0, 12.0, 12.0,
+               source="12: what XDMA host-to-card copies sustain on Gen3 x16; 24: a Gen4 "
+               "x16 host link; enters only the GPU-prefill (heterogeneous) figures"),
+)}
+
+
+def at_corner(config: AccelConfig, corner: str) -> AccelConfig:
+    """`config` with every accelerator assumption set to its value at `corner`."""
+    changes = {a.field: a.value(corner) for a in ASSUMPTIONS.values() if a.field}
+    return dataclasses.replace(config, **changes)

@@ -3,6 +3,10 @@
 The compiled program runs through the instruction-level simulator with no arithmetic (timing
 only), so the figures are projections of `hw/perf.py`, not measurements. Prefill runs on the
 devices as matrix-matrix passes; decode is one token per pass, greedy.
+
+The headline is the central case of the assumptions in `hw.config.ASSUMPTIONS` (clock, HBM
+efficiency, ring hop), with the band from their optimistic to their pessimistic corner;
+`--as-configured` takes the config's own values instead and reports no band.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from hw.config import load_config
 
 from ..compiler import ModelShape
 from ..errors import UsageError
-from ..runtime.projection import MODEL_SHAPES, project
+from ..runtime.projection import MODEL_SHAPES, project, project_band
 
 NAME = "perf"
 HELP = "project prefill/decode latency of a full-size model (timing model)"
@@ -28,6 +32,8 @@ def add_arguments(p) -> None:
     p.add_argument("--devices", type=int, default=1, help="FPGAs in the ring")
     p.add_argument("--input-len", type=int, default=64, help="prompt tokens")
     p.add_argument("--output-len", type=int, default=256, help="generated tokens")
+    p.add_argument("--as-configured", action="store_true",
+                   help="use the config's own clock, HBM efficiency and ring hop; no band")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -43,8 +49,9 @@ def model_shape(spec: str) -> ModelShape:
 
 def run(args) -> int:
     shape = model_shape(args.model)
-    result = project(shape, load_config(args.config, args.devices), args.input_len,
-                     args.output_len)
+    config = load_config(args.config, args.devices)
+    run_projection = project if args.as_configured else project_band
+    result = run_projection(shape, config, args.input_len, args.output_len)
     result["model_name"] = args.model
     if args.json:
         print(json.dumps(result))
@@ -60,4 +67,12 @@ def run(args) -> int:
               f"{100 * result['roofline_fraction']:.1f}% of the roofline")
         parts = ", ".join(f"{k} {v:.3f}" for k, v in result["breakdown"].items() if v > 0)
         print(f"  decode ms/token by cause: {parts}")
+    if "band" in result:
+        print("  band (every assumption at its corner):")
+        for corner, fig in result["band"].items():
+            print(f"    {corner:<12} {fig['clock_mhz']:5g} MHz  decode {fig['ms_per_token']:.3f} "
+                  f"ms/token  total {fig['total_ms']:9.2f} ms")
+        used = ", ".join(f"{k} {a['value']:g} ({a['range'][0]:g}-{a['range'][1]:g})"
+                         for k, a in result["assumptions"].items())
+        print(f"  assumptions: {used}")
     return 0

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from hw.config import ASSUMPTIONS
 from hw.layout import row_location
 
 from ..compiler import Plan
@@ -27,9 +28,9 @@ from ..errors import UsageError
 
 __all__ = ["PCIE_GBPS", "KvCache", "kv_writes", "read_kv", "write_kv"]
 
-#: Host-to-card copy rate assumed for projected transfer times (GB/s): the U280/U55C
-#: gen3x16 XDMA platforms' PCIe Gen3 x16 link (15.75 GB/s raw) sustains about 12 GB/s.
-PCIE_GBPS = 12.0
+#: Host-to-card copy rate assumed for projected transfer times (GB/s): the central value of
+#: the `pcie_gbps` assumption in `hw.config.ASSUMPTIONS`, where its source and range are given.
+PCIE_GBPS = ASSUMPTIONS["pcie_gbps"].central
 
 #: Per layer (k, v), each (n_head, T, head_dim): keys and values of positions 0..T-1.
 KvCache = Sequence[tuple[np.ndarray, np.ndarray]]

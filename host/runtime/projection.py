@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from hw.config import AccelConfig
+from hw.config import ASSUMPTIONS, CORNERS, AccelConfig, at_corner
 from hw.layout import DESC
 from hw.perf import CATEGORIES, hbm_utilization
 
@@ -15,7 +15,7 @@ from ..compiler import ModelShape, compile_model
 from ..errors import UsageError
 from .isa import IsaCluster
 
-__all__ = ["MODEL_SHAPES", "project"]
+__all__ = ["BAND_KEYS", "MODEL_SHAPES", "project", "project_band"]
 
 _GPT2 = {"vocab_size": 50257, "n_positions": 1024}
 #: Full-size models by name (shapes only: projections need no weights).
@@ -72,8 +72,10 @@ def project(shape: ModelShape, config: AccelConfig, input_len: int, output_len: 
         "ms_per_token": 0.0,
         "hbm_utilization": None,
         "breakdown": None,
-        "floor_ms_per_token": shape.weight_bytes_fp16() / config.devices
-        / (config.hbm_peak_gbps * 1e9) * 1e3,
+        "floor_ms_per_token": (floor := shape.weight_bytes_fp16() / config.devices
+                               / (config.hbm_peak_gbps * 1e9) * 1e3),
+        # the floor at the bandwidth the HBM is assumed to deliver, not its peak
+        "achievable_floor_ms_per_token": floor / config.hbm_efficiency,
         "prefill_chunk": compiled.plan.chunk,
     }
     if decode_steps:
@@ -85,4 +87,30 @@ def project(shape: ModelShape, config: AccelConfig, input_len: int, output_len: 
         result["breakdown"] = {k: ms(last["breakdown"][k] - first["breakdown"][k])
                                / decode_steps for k in CATEGORIES}
         result["roofline_fraction"] = result["floor_ms_per_token"] / result["ms_per_token"]
+        result["achievable_fraction"] = (result["achievable_floor_ms_per_token"]
+                                         / result["ms_per_token"])
+    return result
+
+
+#: The figures each corner of a band reports, under the same names as the top level.
+BAND_KEYS = ("ms_per_token", "prefill_ms", "total_ms", "hbm_utilization", "roofline_fraction",
+             "achievable_fraction", "clock_mhz")
+
+
+def project_band(shape: ModelShape, config: AccelConfig, input_len: int, output_len: int,
+                 pos0: int = 0) -> dict:
+    """`project` at the central assumptions (`hw.config.ASSUMPTIONS`), with the band.
+
+    The top level is the central corner; `band` holds the optimistic, central and pessimistic
+    corners' figures (`BAND_KEYS`), each the whole projection re-run with every assumption
+    at that corner; `assumptions` names the values the top level used, with their ranges and
+    sources. The config's own values of the assumed fields are replaced."""
+    runs = {corner: project(shape, at_corner(config, corner), input_len, output_len, pos0=pos0)
+            for corner in CORNERS}
+    result = dict(runs["central"])
+    result["band"] = {corner: {k: run.get(k) for k in BAND_KEYS} for corner, run in runs.items()}
+    result["assumptions"] = {
+        a.name: {"value": a.central, "unit": a.unit, "range": [a.optimistic, a.pessimistic],
+                 "source": a.source} for a in ASSUMPTIONS.values()}
+    result["label"] += "; central assumptions, band over their ranges"
     return result
