@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -36,12 +37,14 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..runtime import GenerationRequest
 from .engine import EngineClosed, Failed, Finished, Job, QueueFull, Started, TokenEvent
 from .schemas import (
     ApiError,
     CompletionRequest,
+    completion_choice,
     completion_chunk,
     completion_response,
     error_body,
@@ -52,6 +55,8 @@ from .service import Service
 __all__ = ["create_app"]
 
 ROUTES = "POST /v1/completions, GET /v1/models, GET /health"
+
+log = logging.getLogger("tandem.serving")
 
 
 class _Disconnected(Exception):
@@ -75,16 +80,18 @@ def _sse(data: dict[str, Any] | str) -> str:
 
 
 class _Completion:
-    """One request's trip through the engine, seen from the event loop."""
+    """One prompt's trip through the engine, seen from the event loop (choice `index`)."""
 
     def __init__(self, service: Service, request: CompletionRequest, prompt_ids: list[int],
-                 http_request: Request) -> None:
+                 http_request: Request, index: int = 0, id_: str | None = None,
+                 created: int | None = None) -> None:
         self.service = service
         self.request = request
         self.prompt_ids = prompt_ids
         self.http = http_request
-        self.id = f"cmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
+        self.index = index
+        self.id = id_ or f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time()) if created is None else created
         self.events: asyncio.Queue[Any] = asyncio.Queue()
         self.tokens = 0  # TokenEvents seen
         self.started: Started | None = None
@@ -97,16 +104,6 @@ class _Completion:
                               request.top_k, request.seed),
             sink=lambda event: loop.call_soon_threadsafe(self.events.put_nowait, event),
             deadline=self.deadline, stop=request.stop)
-
-    def submit(self) -> None:
-        try:
-            self.service.engine.submit(self.job)
-        except QueueFull as e:
-            raise ApiError(429, f"{e}; retry in {e.retry_after_s} s", code="queue_full",
-                           headers={"Retry-After": str(e.retry_after_s)}) from None
-        except EngineClosed as e:
-            raise ApiError(503, f"{e}; retry later", code="shutting_down",
-                           headers={"Retry-After": "5"}) from None
 
     def cancel(self) -> None:
         if not self.ended:
@@ -171,8 +168,8 @@ class _Completion:
         if isinstance(event, Failed):
             raise _failure(event, self.retry_after_s())
 
-    async def complete(self) -> JSONResponse:
-        """The non-streaming answer."""
+    async def choice(self) -> tuple[dict[str, Any], int]:
+        """The non-streaming choice, and how many tokens it generated."""
         watcher = asyncio.create_task(self.watch_disconnect())
         steps: list[dict[str, Any]] = []
         try:
@@ -187,14 +184,13 @@ class _Completion:
         finally:
             watcher.cancel()
             self.cancel()
-        return JSONResponse(completion_response(
-            id_=self.id, created=self.created, model=self.service.model_name,
-            text=event.full_text, finish_reason=event.reason,
-            prompt_tokens=len(self.prompt_ids), completion_tokens=len(event.tokens),
-            tandem=self.tandem(steps, event)))
+        return completion_choice(index=self.index, text=event.full_text,
+                                 finish_reason=event.reason,
+                                 tandem=self.tandem(steps, event)), len(event.tokens)
 
-    async def stream(self) -> AsyncIterator[str]:
-        """The Server-Sent Events after the job has started. Cancelled on disconnect."""
+    async def stream(self) -> AsyncIterator[str | Finished]:
+        """This choice's Server-Sent Events after its job has started, then its Finished
+        event (not an SSE; the caller sums usage from it). Ends early after a failure event."""
         model, steps_ms = self.service.model_name, 0.0
         try:
             while True:
@@ -203,56 +199,160 @@ class _Completion:
                     steps_ms += event.step.ms
                     yield _sse(completion_chunk(
                         id_=self.id, created=self.created, model=model, text=event.text,
-                        finish_reason=None, tandem=event.step.to_json()))
+                        finish_reason=None, tandem=event.step.to_json(), index=self.index))
                 elif isinstance(event, Failed):
                     yield _sse(_failure(event, self.retry_after_s()).body())
-                    break
+                    return
                 elif isinstance(event, Finished):
                     summary = {**self.tandem(None, event), "total_ms": round(steps_ms, 3)}
                     yield _sse(completion_chunk(
                         id_=self.id, created=self.created, model=model, text=event.text,
-                        finish_reason=event.reason, tandem=summary))
-                    options = self.request.stream_options
-                    if options is not None and options.include_usage:
-                        n_prompt, n_gen = len(self.prompt_ids), len(event.tokens)
-                        usage = {"prompt_tokens": n_prompt, "completion_tokens": n_gen,
-                                 "total_tokens": n_prompt + n_gen}
-                        yield _sse(completion_chunk(id_=self.id, created=self.created,
-                                                    model=model, text=None, finish_reason=None,
-                                                    usage=usage))
+                        finish_reason=event.reason, tandem=summary, index=self.index))
+                    yield event
+                    return
+        finally:
+            self.cancel()
+
+
+class _Batch:
+    """A request's completions, one per prompt, queued together and answered in order."""
+
+    def __init__(self, service: Service, request: CompletionRequest,
+                 prompt_ids: list[list[int]], http_request: Request) -> None:
+        self.service = service
+        self.request = request
+        first = _Completion(service, request, prompt_ids[0], http_request)
+        self.parts = [first] + [
+            _Completion(service, request, ids, http_request, index=i, id_=first.id,
+                        created=first.created) for i, ids in enumerate(prompt_ids[1:], 1)]
+
+    def submit(self) -> None:
+        try:
+            self.service.engine.submit_all([c.job for c in self.parts])
+        except QueueFull as e:
+            raise ApiError(429, f"{e}; retry in {e.retry_after_s} s", code="queue_full",
+                           headers={"Retry-After": str(e.retry_after_s)}) from None
+        except EngineClosed as e:
+            raise ApiError(503, f"{e}; retry later", code="shutting_down",
+                           headers={"Retry-After": "5"}) from None
+
+    def cancel(self) -> None:
+        for c in self.parts:
+            c.cancel()
+
+    async def complete(self) -> JSONResponse:
+        """The non-streaming answer: every choice, in prompt order."""
+        try:
+            choices, n_gen = [], 0
+            for c in self.parts:
+                choice, n = await c.choice()
+                choices.append(choice)
+                n_gen += n
+        finally:
+            self.cancel()
+        first = self.parts[0]
+        return JSONResponse(completion_response(
+            id_=first.id, created=first.created, model=self.service.model_name,
+            choices=choices, prompt_tokens=sum(len(c.prompt_ids) for c in self.parts),
+            completion_tokens=n_gen))
+
+    async def stream(self) -> AsyncIterator[str]:
+        """Every choice's events in turn (the queue runs them in order), then `[DONE]`."""
+        n_gen = 0
+        try:
+            for c in self.parts:
+                finished = None
+                async for item in c.stream():
+                    if isinstance(item, Finished):
+                        finished = item
+                    else:
+                        yield item
+                if finished is None:  # it failed: the error event has been sent
                     break
+                n_gen += len(finished.tokens)
+            else:
+                options = self.request.stream_options
+                if options is not None and options.include_usage:
+                    first = self.parts[0]
+                    n_prompt = sum(len(c.prompt_ids) for c in self.parts)
+                    usage = {"prompt_tokens": n_prompt, "completion_tokens": n_gen,
+                             "total_tokens": n_prompt + n_gen}
+                    yield _sse(completion_chunk(id_=first.id, created=first.created,
+                                                model=self.service.model_name, text=None,
+                                                finish_reason=None, usage=usage))
             yield _sse("[DONE]")
         finally:
             self.cancel()
 
 
 class _JobStream(StreamingResponse):
-    """The SSE response; however it ends (done, client gone, cancelled), the job ends too."""
+    """The SSE response; however it ends (done, client gone, cancelled), the jobs end too."""
 
-    def __init__(self, completion: _Completion) -> None:
-        super().__init__(completion.stream(), media_type="text/event-stream",
+    def __init__(self, batch: _Batch) -> None:
+        super().__init__(batch.stream(), media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache"})
-        self.completion = completion
+        self.batch = batch
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.completion.cancel()
+            self.batch.cancel()
 
 
-async def _read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON, read up to `limit` bytes; ApiError 400/413 otherwise."""
+#: Deepest nesting of arrays/objects a request body may have (a completion request needs 3).
+MAX_JSON_DEPTH = 16
+
+
+def _check_json(data: Any) -> None:
+    """Refuse what json.loads accepts but the server cannot use: deep nesting and strings with
+    lone surrogates (`"\\ud800"` is valid JSON, but no UTF-8 text). Iterative, so no
+    nesting depth can exhaust the stack."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "the request body has a string with a lone UTF-16 "
+                               "surrogate (such as \\ud800), which is not text; send valid "
+                               "Unicode", code="invalid_json") from None
+            continue
+        if isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(400, f"the request body nests arrays/objects deeper than "
+                               f"{MAX_JSON_DEPTH} levels", code="invalid_json")
+            if isinstance(value, list) and not any(isinstance(v, str | list | dict)
+                                                   for v in value):
+                continue  # numbers only (token ids): the common large case
+            items = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+            for key, item in items:
+                if key is not None:
+                    stack.append((key, depth))
+                stack.append((item, depth + 1))
+
+
+async def _read_json(request: Request, limit: int, timeout_s: float) -> Any:
+    """The request body as JSON, read up to `limit` bytes within `timeout_s`; ApiError
+    400/408/413 otherwise, _Disconnected if the client goes away while sending it."""
     declared = request.headers.get("content-length")
     too_big = ApiError(413, f"the request body exceeds {limit} bytes; send a shorter prompt",
                        code="body_too_large")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_big
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_big
+    except TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout_s:g} s",
+                       code="request_timeout", headers={"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise _Disconnected from None
     if not body:
         raise ApiError(400, "the request body is empty; send a JSON object such as "
                        '{"prompt": "def f(", "max_tokens": 16}', code="invalid_json")
@@ -261,10 +361,15 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise ValueError(f"{name} is not a JSON number")
 
     try:
-        return json.loads(body, parse_constant=no_constants)
+        data = json.loads(body, parse_constant=no_constants)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}",
                        code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, f"the request body nests arrays/objects deeper than "
+                       f"{MAX_JSON_DEPTH} levels", code="invalid_json") from None
+    _check_json(data)
+    return data
 
 
 def create_app(service: Service, on_started: Callable[[], None] | None = None) -> FastAPI:
@@ -279,8 +384,11 @@ def create_app(service: Service, on_started: Callable[[], None] | None = None) -
         yield
         await anyio.to_thread.run_sync(service.engine.close)
 
+    # No /docs or /redoc: those pages load their scripts from a CDN. /openapi.json stays.
     app = FastAPI(title="Tandem", summary="OpenAI-style completions from a Tandem backend",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    # Tokenizing is the one CPU-heavy step before the queue: off the event loop, two at a time.
+    tokenizing = anyio.CapacityLimiter(2)
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -319,23 +427,41 @@ def create_app(service: Service, on_started: Callable[[], None] | None = None) -
         "required": True,
         "content": {"application/json": {"schema": CompletionRequest.model_json_schema()}}}})
     async def completions(request: Request):
-        """OpenAI's completions: one prompt, one choice, streamed or not."""
-        data = await _read_json(request, service.config.max_body_bytes)
+        """OpenAI's completions: one choice per prompt, streamed or not."""
+        try:
+            data = await _read_json(request, service.config.max_body_bytes,
+                                    service.config.read_timeout_s)
+        except _Disconnected:
+            client = request.client
+            who = f"{client.host}:{client.port}" if client else "a client"
+            log.warning("%s disconnected while sending its request body", who)
+            return JSONResponse(error_body("client disconnected", "invalid_request_error"),
+                                status_code=499)
         parsed = parse_completion_request(data)
         service.check_model(parsed.model)
-        prompt_ids = service.prompt_ids(parsed)
-        completion = _Completion(service, parsed, prompt_ids, request)
-        completion.submit()
+        prompts = parsed.prompts()
+        if len(prompts) > service.config.queue_size:
+            raise ApiError(400, f"{len(prompts)} prompts cannot fit this server's queue of "
+                           f"{service.config.queue_size}; send fewer per request",
+                           param="prompt", code="too_many_prompts")
+        for prompt in prompts:  # cheap checks first, on the loop: no tokenizing of hopeless text
+            service.check_prompt_size(prompt, parsed)
+        prompt_ids = []
+        for prompt in prompts:
+            prompt_ids.append(await anyio.to_thread.run_sync(
+                service.prompt_ids, prompt, parsed, limiter=tokenizing))
+        batch = _Batch(service, parsed, prompt_ids, request)
+        batch.submit()
         try:
             if not parsed.stream:
-                return await completion.complete()
-            await completion.wait_started()
+                return await batch.complete()
+            await batch.parts[0].wait_started()
         except _Disconnected:
             return JSONResponse(error_body("client disconnected", "invalid_request_error"),
                                 status_code=499)
         except BaseException:
-            completion.cancel()
+            batch.cancel()
             raise
-        return _JobStream(completion)
+        return _JobStream(batch)
 
     return app

@@ -20,8 +20,11 @@ class ServeConfig:
     request_timeout_s: float = 120.0  #: limit on queue wait + generation per request
     max_body_bytes: int = 1_000_000  #: largest request body accepted; larger is answered 413
     keep_alive_s: int = 5  #: idle HTTP keep-alive before the server closes the connection
+    read_timeout_s: float = 10.0  #: time a client has to send its request head, and its body
     shutdown_timeout_s: int = 30  #: on SIGINT/SIGTERM, wait this long for requests in flight
-    max_connections: int = 256  #: open connections beyond which new ones are answered 503
+    #: open connections at most: beyond it the longest-idle one is closed (a slow or silent
+    #: client cannot hold the server); requests in progress beyond it are answered 503
+    max_connections: int = 256
     model_name: str = ""  #: the `model` clients name; default: the checkpoint's folder name
 
     def __post_init__(self) -> None:
@@ -38,10 +41,11 @@ class ServeConfig:
         _int("keep_alive_s", 1)
         _int("shutdown_timeout_s", 0)
         _int("max_connections", 1)
-        timeout = self.request_timeout_s
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not (
-                math.isfinite(timeout) and timeout > 0):
-            raise UsageError(f"request_timeout_s must be a positive number, not {timeout!r}")
+        for name in ("request_timeout_s", "read_timeout_s"):
+            timeout = getattr(self, name)
+            if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not (
+                    math.isfinite(timeout) and timeout > 0):
+                raise UsageError(f"{name} must be a positive number, not {timeout!r}")
         if not isinstance(self.host, str) or not self.host:
             raise UsageError(f"host must be an address such as 127.0.0.1, not {self.host!r}")
         if not isinstance(self.model_name, str):

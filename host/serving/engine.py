@@ -122,14 +122,19 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         """Queue `job`, or raise QueueFull / EngineClosed at once; never blocks."""
+        self.submit_all([job])
+
+    def submit_all(self, jobs: Sequence[Job]) -> None:
+        """Queue every job of `jobs` one after the other, or none of them (QueueFull /
+        EngineClosed at once when they do not all fit); never blocks."""
         with self._cond:
             if self._closed:
                 raise EngineClosed("the server is shutting down")
-            if len(self._waiting) >= self.queue_size:
-                self.counts["rejected"] += 1
+            if len(self._waiting) + len(jobs) > self.queue_size:
+                self.counts["rejected"] += len(jobs)
                 raise QueueFull(self.queue_size, self._wait_estimate_s())
-            self.counts["accepted"] += 1
-            self._waiting.append(job)
+            self.counts["accepted"] += len(jobs)
+            self._waiting.extend(jobs)
             self._cond.notify()
 
     def cancel(self, job: Job) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "ApiError",
     "CompletionRequest",
     "StreamOptions",
+    "completion_choice",
     "completion_chunk",
     "completion_response",
     "error_body",
@@ -34,6 +35,12 @@ __all__ = [
 #: Largest seed accepted (torch.Generator.manual_seed takes 64-bit values; keep it signed-safe).
 MAX_SEED = 2**63 - 1
 MAX_STOP_STRINGS = 4
+#: Smallest non-zero temperature: logits divided by less overflow FP32 and sampling breaks.
+MIN_TEMPERATURE = 1e-3
+#: Most prompts one request may carry (each one is a job in the queue, and a choice).
+MAX_PROMPTS = 16
+
+Prompt = str | list[int]
 
 
 class ApiError(Exception):
@@ -83,7 +90,8 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
     model: str | None = None  # must name the served model when given
-    prompt: str | list[int]  # text, or token ids of the model's vocabulary
+    # text or token ids, or a list of them (one choice per prompt, in order)
+    prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int | None = Field(default=16)  # tokens to generate (null: 16)
     temperature: float | None = 0.0  # 0 is greedy; Tandem's default (OpenAI's is 1)
     top_k: int | None = None  # sample among the k most likely
@@ -103,17 +111,23 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None  # accepted and ignored
 
-    @field_validator("prompt", mode="plain", json_schema_input_type=str | list[int])
+    @field_validator("prompt", mode="plain",
+                     json_schema_input_type=str | list[int] | list[str] | list[list[int]])
     @classmethod
-    def _prompt(cls, value: Any) -> str | list[int]:
-        if isinstance(value, str):
+    def _prompt(cls, value: Any) -> str | list[int] | list[str] | list[list[int]]:
+        def ids(v: Any) -> bool:
+            return isinstance(v, list) and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in v)
+
+        if isinstance(value, str) or ids(value):
             return value
-        if isinstance(value, list) and all(
-                isinstance(t, int) and not isinstance(t, bool) for t in value):
+        if isinstance(value, list) and all(isinstance(p, str) or ids(p) for p in value) and (
+                all(isinstance(p, str) for p in value) or all(ids(p) for p in value)):
+            if len(value) > MAX_PROMPTS:
+                raise ValueError(f"at most {MAX_PROMPTS} prompts per request, not {len(value)}")
             return value
-        if isinstance(value, list) and value and all(isinstance(p, str | list) for p in value):
-            raise ValueError("batches of prompts are not supported; send one request per prompt")
-        raise ValueError("must be a string or a list of integer token ids")
+        raise ValueError("must be a string or a list of integer token ids, or a list of those "
+                         "(all strings or all token-id lists)")
 
     @field_validator("max_tokens")
     @classmethod
@@ -129,7 +143,17 @@ class CompletionRequest(BaseModel):
         value = 0.0 if value is None else float(value)
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"must be a number >= 0 (0 is greedy), not {value}")
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"must be 0 (greedy) or at least {MIN_TEMPERATURE} (smaller ones "
+                             f"overflow the logits), not {value}")
         return value
+
+    def prompts(self) -> list[Prompt]:
+        """The prompts, one per choice: a single prompt is a list of one."""
+        p = self.prompt
+        if isinstance(p, str) or not p or isinstance(p[0], int):
+            return [p]  # type: ignore[list-item]
+        return list(p)  # type: ignore[arg-type]
 
     @field_validator("top_k")
     @classmethod
@@ -214,17 +238,21 @@ def parse_completion_request(data: Any) -> CompletionRequest:
         raise ApiError(400, message, param=field, code="invalid_value") from None
 
 
-def completion_response(*, id_: str, created: int, model: str, text: str, finish_reason: str,
-                        prompt_tokens: int, completion_tokens: int,
-                        tandem: dict[str, Any]) -> dict[str, Any]:
-    """The non-streaming body: one choice, OpenAI's usage block, Tandem's figures."""
+def completion_choice(*, index: int, text: str, finish_reason: str,
+                      tandem: dict[str, Any]) -> dict[str, Any]:
+    return {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None,
+            "tandem": tandem}
+
+
+def completion_response(*, id_: str, created: int, model: str, choices: list[dict[str, Any]],
+                        prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """The non-streaming body: one choice per prompt, OpenAI's usage block (all choices)."""
     return {
         "id": id_,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": text, "finish_reason": finish_reason,
-                     "logprobs": None, "tandem": tandem}],
+        "choices": choices,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }
@@ -232,12 +260,13 @@ def completion_response(*, id_: str, created: int, model: str, text: str, finish
 
 def completion_chunk(*, id_: str, created: int, model: str, text: str | None,
                      finish_reason: str | None, tandem: dict[str, Any] | None = None,
-                     usage: dict[str, int] | None = None) -> dict[str, Any]:
+                     usage: dict[str, int] | None = None, index: int = 0) -> dict[str, Any]:
     """One Server-Sent Event's data; `text=None` makes the usage-only chunk (no choices)."""
     chunk: dict[str, Any] = {"id": id_, "object": "text_completion", "created": created,
                              "model": model, "choices": []}
     if text is not None:
-        choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        choice = {"index": index, "text": text, "finish_reason": finish_reason,
+                  "logprobs": None}
         if tandem is not None:
             choice["tandem"] = tandem
         chunk["choices"].append(choice)

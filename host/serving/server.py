@@ -8,6 +8,7 @@ token).
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import uvicorn
 
 from ..errors import UsageError
 from .app import create_app
+from .protocol import GuardedH11Protocol
 from .service import Service
 
 __all__ = ["BackgroundServer", "bind", "serve"]
@@ -39,12 +41,15 @@ def _url(sock: socket.socket) -> str:
 def _uvicorn_server(service: Service, on_started=None, log_level: str = "info",
                     access_log: bool = True) -> uvicorn.Server:
     cfg = service.config
+    # uvicorn's limit_concurrency would count idle connections too: the guard bounds them
+    protocol = functools.partial(GuardedH11Protocol, read_timeout_s=cfg.read_timeout_s,
+                                 max_connections=cfg.max_connections)
     config = uvicorn.Config(
-        create_app(service, on_started), http="h11", loop="asyncio", lifespan="on",
+        create_app(service, on_started), http=protocol, loop="asyncio", lifespan="on",
         log_level=log_level, access_log=access_log,
         timeout_keep_alive=cfg.keep_alive_s,
         timeout_graceful_shutdown=cfg.shutdown_timeout_s,
-        limit_concurrency=cfg.max_connections,
+        ws="none",
     )
     return uvicorn.Server(config)
 

@@ -3,7 +3,9 @@ is queued (served model name, prompt tokenization, context and vocabulary)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from ..errors import UsageError
 from ..runtime import make_backend
 from .config import ServeConfig
 from .engine import Engine
-from .schemas import ApiError, CompletionRequest
+from .schemas import ApiError, CompletionRequest, Prompt
 
 __all__ = ["Service", "load_service"]
 
@@ -31,6 +33,7 @@ class Service:
     engine: Engine
     model_name: str  # the `model` clients send
     config: ServeConfig
+    _facts: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def n_positions(self) -> int:
@@ -41,22 +44,55 @@ class Service:
         return self.model.config.vocab_size
 
     def facts(self) -> dict[str, Any]:
-        """The model and backend, as /health and /v1/models report them."""
-        return {"model": self.model_name, **self.engine.backend.describe(),
-                "n_positions": self.n_positions, "vocab_size": self.vocab_size,
-                "tokenizer": self.tokenizer.name}
+        """The model and backend, as /health and /v1/models report them. A value that is a
+        file system path is reported by its last component: clients learn no server paths."""
+        if self._facts is None:
+            facts = {"model": self.model_name, **self.engine.backend.describe(),
+                     "n_positions": self.n_positions, "vocab_size": self.vocab_size,
+                     "tokenizer": self.tokenizer.name}
+            self._facts = {k: Path(v).name if isinstance(v, str) and os.path.isabs(v) else v
+                           for k, v in facts.items()}
+        return self._facts
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_name:
-            raise ApiError(400, f"model {name!r} is not served here; send \"model\": "
+            raise ApiError(404, f"model {name!r} is not served here; send \"model\": "
                            f"{self.model_name!r} or leave it out (see GET /v1/models)",
                            param="model", code="model_not_found")
 
-    def prompt_ids(self, request: CompletionRequest) -> list[int]:
-        """The request's prompt as token ids; ApiError(400) if it cannot be generated from."""
-        prompt = request.prompt
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    @cached_property
+    def max_prompt_chars(self) -> int:
+        """A prompt text longer than this cannot fit the context whatever it says: no token
+        of the vocabulary spells more than the longest one (twice that, for normalizers)."""
+        longest = max((len(t) for t in self.tokenizer.backend.get_vocab()), default=1)
+        return 2 * max(longest, 1) * self.n_positions
+
+    def check_prompt_size(self, prompt: Prompt, request: CompletionRequest) -> None:
+        """Refuse, without tokenizing, a prompt too long for the context (cheap: run it on
+        the event loop before the tokenizer is given any work)."""
         n_ctx, n_new = self.n_positions, request.max_tokens
+        if isinstance(prompt, str) and len(prompt) > self.max_prompt_chars:
+            raise ApiError(400, f"the prompt ({len(prompt)} characters) cannot fit the model's "
+                           f"context of {n_ctx} tokens; shorten it", param="prompt",
+                           code="context_length_exceeded")
+        if not isinstance(prompt, str):
+            self._check_context(len(prompt), n_new)
+
+    def _check_context(self, n_prompt: int, n_new: int) -> None:
+        n_ctx = self.n_positions
+        if n_prompt + n_new > n_ctx:
+            fix = (f"lower max_tokens to {n_ctx - n_prompt} or shorten the prompt"
+                   if n_prompt < n_ctx else f"shorten the prompt below {n_ctx} tokens")
+            raise ApiError(400, f"prompt ({n_prompt} tokens) + max_tokens ({n_new}) exceeds the "
+                           f"model's context of {n_ctx} tokens; {fix}", param="max_tokens",
+                           code="context_length_exceeded")
+
+    def prompt_ids(self, prompt: Prompt, request: CompletionRequest) -> list[int]:
+        """`prompt` as token ids; ApiError(400) if it cannot be generated from. Tokenizes:
+        call it off the event loop, after `check_prompt_size`."""
+        self.check_prompt_size(prompt, request)
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        n_new = request.max_tokens
         if not ids:
             raise ApiError(400, "field 'prompt' is empty; give at least one token of prompt",
                            param="prompt", code="empty_prompt")
@@ -64,12 +100,7 @@ class Service:
         if bad:
             raise ApiError(400, f"field 'prompt': token id {bad[0]} is outside the vocabulary "
                            f"(0..{self.vocab_size - 1})", param="prompt", code="invalid_value")
-        if len(ids) + n_new > n_ctx:
-            fix = (f"lower max_tokens to {n_ctx - len(ids)} or shorten the prompt"
-                   if len(ids) < n_ctx else f"shorten the prompt below {n_ctx} tokens")
-            raise ApiError(400, f"prompt ({len(ids)} tokens) + max_tokens ({n_new}) exceeds the "
-                           f"model's context of {n_ctx} tokens; {fix}", param="max_tokens",
-                           code="context_length_exceeded")
+        self._check_context(len(ids), n_new)
         backend = self.engine.backend
         if getattr(backend, "greedy_only", False) and request.temperature:
             raise ApiError(400, f"the {backend.name} backend decodes greedily (argmax on the "

@@ -360,7 +360,7 @@ def test_malformed_requests_get_a_clear_4xx(checkpoint):
                          "max_tokens", f"exceeds the model's context of {N_POSITIONS} tokens")
         assert f"lower max_tokens to {N_POSITIONS - 3}" in e["message"]
         assert e["code"] == "context_length_exceeded"
-        e = assert_error(complete(url, {"prompt": "x", "model": "gpt-4"}), 400, "model",
+        e = assert_error(complete(url, {"prompt": "x", "model": "gpt-4"}), 404, "model",
                          "model 'gpt-4' is not served here")
         assert e["code"] == "model_not_found"
         assert_error(complete(url, {"prompt": "x", "max_tokens": 2.5}), 400, "max_tokens",

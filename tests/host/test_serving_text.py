@@ -111,11 +111,15 @@ def test_empty_stop_string_is_refused(tokenizer):
 @pytest.mark.parametrize(("body", "param", "fragment"), [
     ({}, "prompt", "field 'prompt' is required"),
     ({"prompt": 3}, "prompt", "string or a list of integer token ids"),
-    ({"prompt": ["a", "b"]}, "prompt", "batches of prompts are not supported"),
+    ({"prompt": ["a", [1]]}, "prompt", "or a list of those"),
+    ({"prompt": ["a"] * 17}, "prompt", "at most 16 prompts per request, not 17"),
+    ({"prompt": [["a"]]}, "prompt", "or a list of those"),
     ({"prompt": [1, True]}, "prompt", "list of integer token ids"),
     ({"prompt": "x", "max_tokens": "8"}, "max_tokens", "valid integer"),
     ({"prompt": "x", "max_tokens": 0}, "max_tokens", "at least 1"),
     ({"prompt": "x", "temperature": -0.5}, "temperature", ">= 0"),
+    ({"prompt": "x", "temperature": 1e-300}, "temperature", "0 (greedy) or at least 0.001"),
+    ({"prompt": "x", "temperature": 1e-50}, "temperature", "0 (greedy) or at least 0.001"),
     ({"prompt": "x", "top_k": 0}, "top_k", "at least 1"),
     ({"prompt": "x", "seed": -1}, "seed", "must be in 0.."),
     ({"prompt": "x", "stream": "yes"}, "stream", "valid boolean"),
@@ -147,11 +151,19 @@ def test_defaults_are_tandem_generate_defaults():
     assert parse_completion_request(neutral).prompt == [1, 2]
 
 
+@pytest.mark.parametrize(("prompt", "prompts"), [
+    ("x", ["x"]), ([1, 2], [[1, 2]]), ([], [[]]), (["a", "b"], ["a", "b"]), (["a"], ["a"]),
+    ([[1], [2, 3]], [[1], [2, 3]])])
+def test_a_list_of_prompts_is_one_choice_each(prompt, prompts):
+    assert parse_completion_request({"prompt": prompt}).prompts() == prompts
+
+
 @pytest.mark.parametrize(("field", "value", "fragment"), [
     ("port", 70000, "port must be an integer in 0..65535, not 70000"),
     ("queue_size", 0, "queue_size must be an integer >= 1, not 0"),
     ("request_timeout_s", 0.0, "request_timeout_s must be a positive number, not 0.0"),
     ("request_timeout_s", float("nan"), "request_timeout_s must be a positive number"),
+    ("read_timeout_s", 0, "read_timeout_s must be a positive number, not 0"),
     ("host", "", "host must be an address"),
 ])
 def test_serve_config_refuses_bad_values(field, value, fragment):
