@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from host.compiler import CompileError, ModelShape, compile_model
-from host.compiler.images import gapped
 from hw.config import PRESETS
 from hw.isa import assemble, decode_program
 
@@ -45,27 +44,98 @@ def test_what_cannot_be_mapped_is_refused_by_name(shape, config, message):
         compile_model(shape, config)
 
 
+def _hidden_pos(f):
+    """Hidden feature f in the gapped layout of this test's plan: 2 slices of 20, each padded
+    to 24 words (align 8)."""
+    return (f // 20) * 24 + f % 20
+
+
+def _head_pos(f):
+    """Input feature f of attn.c_proj (4 heads of 10, each padded to 16 words)."""
+    return (f // 10) * 16 + f % 10
+
+
 def test_weights_land_in_the_planned_layout(tmp_path):
+    """Every weight region of every device's image, element by element, against positions
+    written out here from the layout rules (not from the compiler's helpers)."""
     model = hf_checkpoint(tmp_path, 301, 32, 40, 2, 4)  # head dim 10, slices of 20: gaps
     config = PRESETS["tiny"].with_devices(2)
     compiled = compile_model(model, config)
     plan = compiled.plan
-    assert plan.gaps
+    # the layout this test derives by hand: C=40 over 2 devices, align 8, 4 HBM ports
+    assert (plan.c_l, plan.c_lp, plan.cp, plan.hd, plan.hdp, plan.hp) == (20, 24, 48, 10, 16, 64)
+    assert (plan.i_l, plan.i_lp, plan.ip, plan.qkv_rows, plan.vocab_local) == (80, 80, 160, 96,
+                                                                                152)
+    assert (plan.ldb_c, plan.ldb_h, plan.ldb_i) == (6, 8, 20)
+    # the regions checked below are all the image holds besides the KV cache
+    assert set(plan.hbm) == {"wte", "wpe", "lnf", "cmask", "layers", "kv"}
+    assert set(plan.layer_regions) == {"par", "c_attn", "c_proj", "c_fc", "c_fcproj"}
     state = {k: v.half().float().numpy() for k, v in model.state_dict().items()}
-    cols = gapped(40, 2, plan.c_l, plan.c_lp)
+    hid = [_hidden_pos(f) for f in range(40)]
+
+    def on_hidden(rows):  # (R, 40) -> (R, 48), zeros in the gaps
+        out = np.zeros((rows.shape[0], 48), np.float32)
+        for f in range(40):
+            out[:, hid[f]] = rows[:, f]
+        return out
+
     for d in range(2):
         image = compiled.images[d]
-        layer1 = plan.hbm["layers"].offset + plan.layer_stride
-        # c_fc rows of device d: output features d*80 .. d*80+79, inputs in the gapped layout
-        got = image.read_matrix(layer1 + plan.layer_regions["c_fc"].offset, plan.ldb_c,
-                                plan.i_l, plan.cp).astype(np.float32)
-        want = state["transformer.h.1.mlp.c_fc.weight"].T[d * 80 : (d + 1) * 80]
-        assert np.array_equal(got[:, cols], want)
-        gap = np.setdiff1d(np.arange(plan.cp), cols)
-        assert not got[:, gap].any()
-        # the embedding table is whole on every device
-        wte = image.read_matrix(plan.hbm["wte"].offset, plan.ldb_c, 301, plan.cp)
-        assert np.array_equal(wte[:, cols].astype(np.float32), state["transformer.wte.weight"])
+
+        def matrix(offset, ldb, rows, image=image):  # every column the rows hold
+            return image.read_matrix(offset, ldb, rows, ldb * 8).astype(np.float32)
+
+        # embeddings, whole on every device; wte has 2 x 152 rows, the last 3 zero
+        want = np.zeros((304, 48), np.float32)
+        want[:301] = on_hidden(state["transformer.wte.weight"])
+        assert np.array_equal(matrix(plan.hbm["wte"].offset, 6, 304), want)
+        assert np.array_equal(matrix(plan.hbm["wpe"].offset, 6, 32),
+                              on_hidden(state["transformer.wpe.weight"]))
+        lnf = image.read_vector(plan.hbm["lnf"].offset, 96).astype(np.float32)
+        assert np.array_equal(lnf[:48], on_hidden(state["transformer.ln_f.weight"][None])[0])
+        assert np.array_equal(lnf[48:], on_hidden(state["transformer.ln_f.bias"][None])[0])
+        cmask = image.read_vector(plan.hbm["cmask"].offset, 48)
+        assert np.array_equal(cmask, on_hidden(np.ones((1, 40)))[0])
+        for layer in range(2):
+            p = f"transformer.h.{layer}."
+            base = plan.hbm["layers"].offset + layer * plan.layer_stride
+            at = {k: base + r.offset for k, r in plan.layer_regions.items()}
+            # c_attn: q, k, v of local heads 2d, 2d+1, each head's 10 rows padded to 16
+            w_attn, b_attn = state[p + "attn.c_attn.weight"], state[p + "attn.c_attn.bias"]
+            want_w, want_b = np.zeros((96, 40), np.float32), np.zeros(96, np.float32)
+            for part in range(3):
+                for h in range(2):
+                    for j in range(10):
+                        src = part * 40 + (2 * d + h) * 10 + j  # HF Conv1D: (in, out)
+                        want_w[(part * 2 + h) * 16 + j] = w_attn[:, src]
+                        want_b[(part * 2 + h) * 16 + j] = b_attn[src]
+            assert np.array_equal(matrix(at["c_attn"], 6, 96), on_hidden(want_w))
+            # attn.c_proj: output features 20d..20d+19, inputs in the heads-padded layout
+            w_proj = state[p + "attn.c_proj.weight"]
+            want = np.zeros((20, 64), np.float32)
+            for r in range(20):
+                for f in range(40):
+                    want[r, _head_pos(f)] = w_proj[f, 20 * d + r]
+            assert np.array_equal(matrix(at["c_proj"], 8, 20), want)
+            # mlp.c_fc: output features 80d..80d+79, inputs in the hidden layout
+            w_fc = state[p + "mlp.c_fc.weight"]
+            assert np.array_equal(matrix(at["c_fc"], 6, 80),
+                                  on_hidden(w_fc[:, 80 * d : 80 * d + 80].T))
+            # mlp.c_proj: output features 20d..20d+19 over all 160 MLP features (no gaps)
+            w_fcproj = state[p + "mlp.c_proj.weight"]
+            assert np.array_equal(matrix(at["c_fcproj"], 20, 20),
+                                  w_fcproj[:, 20 * d : 20 * d + 20].T)
+            # parameter vector: ln1 g/b (48 each), attn bias (96), proj bias (24),
+            # ln2 g/b (48 each), fc bias (80), fc-proj bias (24), in that order
+            par = image.read_vector(at["par"], 416).astype(np.float32)
+            fields = [on_hidden(state[p + "ln_1.weight"][None])[0],
+                      on_hidden(state[p + "ln_1.bias"][None])[0], want_b,
+                      np.pad(state[p + "attn.c_proj.bias"][20 * d : 20 * d + 20], (0, 4)),
+                      on_hidden(state[p + "ln_2.weight"][None])[0],
+                      on_hidden(state[p + "ln_2.bias"][None])[0],
+                      state[p + "mlp.c_fc.bias"][80 * d : 80 * d + 80],
+                      np.pad(state[p + "mlp.c_proj.bias"][20 * d : 20 * d + 20], (0, 4))]
+            assert np.array_equal(par, np.concatenate(fields))
 
 
 def test_artifacts_round_trip(tmp_path):
