@@ -13,11 +13,34 @@ from host.runtime.accelerator import AcceleratorBackend
 from host.runtime.generation import GenerationRequest
 from hw.config import PRESETS
 
-#: Documented logit tolerance of the isa backend against the fp32 golden model:
-#: |isa - golden| <= LOGIT_ATOL + LOGIT_RTOL * |golden|. FP16 activations and FP16-rounded
-#: logits dominate: one FP16 ulp is 2**-10 relative.
-LOGIT_ATOL = 0.01
-LOGIT_RTOL = 0.004
+#: Documented logit tolerance of the isa backend against the fp32 golden model, for a step
+#: whose golden logits are g (one row over the vocabulary):
+#:     |isa - golden| <= LOGIT_RTOL * |g| + LOGIT_SCALE_TOL * max(|g|)
+#: Derived from FP16 error analysis, unit roundoff u = 2**-11 (round to nearest):
+#: - dot products accumulate in FP32 from exact FP16 products (hw.numerics): for rows of at
+#:   most 4096 terms that adds <= 4096 * 2**-24 = 2**-12 relative to sum|w x| before the one
+#:   final rounding, so accumulation is negligible next to the FP16 roundings;
+#: - the returned logit is rounded to FP16 once: <= u |g|; the LM head reads FP16 weights, a
+#:   second u on the same product: LOGIT_RTOL = 2u;
+#: - every FP16 rounding on the residual path (attention output, its residual add, MLP output,
+#:   its residual add; LayerNorm, softmax and GELU outputs feed those) perturbs the hidden
+#:   vector by <= u relative, and the special-function units are within 0.52 ulp ~ u (hw.numerics,
+#:   hw.sfu). Summed linearly (no cancellation credited) over 3 roundings per block of the
+#:   <= 4-block models the tests run, the hidden vector reaching the head is within 12u of
+#:   its own scale, and the head maps it to an error of <= 12u of the step's logit scale,
+#:   max(|g|): LOGIT_SCALE_TOL = 12u.
+#: Measured (tests/host/test_isa_backend.py, test_moe_fpga.py; 1, 2, 4 devices, the shipped
+#: default and MoE models): the largest error is 5.9u of max(|g|) beyond 2u|g| (the gapped
+#: MoE case) and <= 3.6u for every other model, so the bound has 2-8x headroom.
+U_FP16 = 2.0**-11
+LOGIT_RTOL = 2 * U_FP16
+LOGIT_SCALE_TOL = 12 * U_FP16
+
+
+def logit_tolerance(golden: np.ndarray) -> np.ndarray:
+    """The allowed |device - golden| for each logit of `golden` (steps, vocab)."""
+    scale = np.abs(golden).max(axis=-1, keepdims=True)
+    return LOGIT_RTOL * np.abs(golden) + LOGIT_SCALE_TOL * scale
 
 
 def hf_checkpoint(directory, vocab, n_pos, n_embd, n_layer, n_head, seed=0, scale=3.0,
@@ -54,7 +77,8 @@ class Agreement:
         for i, (a, b) in enumerate(zip(self.tokens, self.golden_tokens, strict=True)):
             if a != b:
                 top2 = np.sort(self.golden_logits[i])[-2:]
-                allowed = 2 * (LOGIT_ATOL + LOGIT_RTOL * abs(top2[1]))
+                tol = logit_tolerance(self.golden_logits[i])
+                allowed = float(tol[b] + tol[a])  # both logits may be off by their bound
                 out.append((i, float(top2[1] - top2[0]), allowed))
         return out
 
@@ -62,7 +86,7 @@ class Agreement:
     def max_logit_excess(self) -> float:
         """max(|isa - golden| - tolerance): <= 0 when every logit is within tolerance."""
         err = np.abs(self.logits - self.golden_logits)
-        return float((err - (LOGIT_ATOL + LOGIT_RTOL * np.abs(self.golden_logits))).max())
+        return float((err - logit_tolerance(self.golden_logits)).max())
 
 
 def compare_with_golden(model, prompt, n_new, devices, config="tiny") -> Agreement:
