@@ -48,5 +48,13 @@ def test_batches_are_shifted_windows(tiny_corpus):
     x, y = data.batch("train", 4, 32, g)
     assert x.shape == y.shape == (4, 32)
     assert torch.equal(x[:, 1:], y[:, :-1])
+    # every row is a contiguous 33-token slice of train.bin (read here from the file itself):
+    # x its first 32 tokens, y its last 32
+    tokens = np.fromfile(tiny_corpus / "train.bin", dtype="<u2").astype(np.int64)
+    windows = np.lib.stride_tricks.sliding_window_view(tokens, 33)  # (N - 32, 33)
+    for row_x, row_y in zip(x.numpy(), y.numpy(), strict=True):
+        row = np.concatenate([row_x, row_y[-1:]])
+        assert (windows == row).all(axis=1).any()
+        assert np.array_equal(row[1:], row_y)
     g2 = torch.Generator().manual_seed(0)
     assert torch.equal(data.batch("train", 4, 32, g2)[0], x)

@@ -72,7 +72,14 @@ def test_generation_works_and_is_greedy_deterministic():
     model = _model(moe_top_k=2).eval()
     a = model.generate([1, 2, 3], 5)
     assert a == model.generate([1, 2, 3], 5)
-    assert len(a) == 5
+    # the reference: greedy decoding by a full forward over the whole sequence at every step
+    # (no KV cache), argmax of the last position
+    ids = [1, 2, 3]
+    with torch.no_grad():
+        for _ in range(5):
+            logits, _ = model(torch.tensor([ids]))
+            ids.append(int(logits[0, -1].argmax()))
+    assert a == ids[3:]
 
 
 def test_auxiliary_losses_belong_to_the_model_and_its_last_forward():
@@ -99,6 +106,20 @@ def test_pyramid_residual_moe_has_per_block_expert_counts():
     assert "transformer.h.3.mlp.residual_mlp.c_fc.weight" in model.state_dict()
     logits, _ = model.train()(torch.randint(0, 64, (2, 8)))
     assert torch.isfinite(logits).all()
+    # block 3 at inference against the residual-MoE rule written out (top-1, renormalised, so
+    # the chosen expert's weight is 1): out = c0 * expert_argmax(x) + c1 * residual_mlp(x),
+    # (c0, c1) = softmax(x @ coefficient.weight + coefficient.bias)
+    moe = model.eval().transformer.h[3].mlp
+    x = torch.randn(10, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        got = moe(x)[0]
+        chosen = (x @ moe.gate.weight).argmax(dim=1)  # (10,)
+        assert len(set(chosen.tolist())) > 1
+        coef = (x @ moe.coefficient.weight + moe.coefficient.bias).softmax(dim=1)  # (10, 2)
+        want = torch.stack([coef[s, 0] * moe.experts[int(e)](x[s : s + 1])[0]
+                            + coef[s, 1] * moe.residual_mlp(x[s : s + 1])[0]
+                            for s, e in enumerate(chosen)])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_dts_gate_model_routes_densely_at_the_start_of_training():
