@@ -141,3 +141,91 @@ def test_symmetric_timing_equals_all_devices_simulated(mid_model):
     everything = _timed_run(mid_model, config, True, False, hints=False)
     symmetric = _timed_run(mid_model, config, False, True, hints=True)
     assert symmetric[0] == everything[0]
+
+
+# -- every opcode family's cost, computed by hand from the documented formulas -------------
+# CFG (tiny, overridden above): 4 ports of 8 FP16 values (16-byte beats), one beat per cycle
+# per port, HBM latency 20, DMA latency 6, bursts of 16 beats; VPU and SFU 8 wide, VPU latency
+# 4, SFU 13, reductions 7, scalar 10; the ring at 1.6 GB/s = 8 bytes/cycle, hops of 200 ns =
+# 40 cycles at 200 MHz.
+GAP = dataclasses.replace(CFG, hbm_burst_gap_cycles=2.0)
+
+
+def _cost(op: str, cfg=CFG, **args):
+    return op_cost(op, resolve(Instr(op, args), [0] * 16), cfg)
+
+
+def _check(cost, engine, occupancy, latency, category, read=0, write=0):
+    assert (cost.engine, cost.occupancy, cost.latency, cost.category) == \
+        (engine, occupancy, latency, category)
+    assert (cost.hbm_read_bytes, cost.hbm_write_bytes) == (read, write)
+
+
+def test_control_costs_by_hand():
+    for op, args in (("NOP", {}), ("LI", {"rd": 1, "imm": 5}), ("ADD", {"rd": 1, "ra": 2}),
+                     ("BLT", {"ra": 1, "rb": 2, "target": 0}), ("JMP", {"target": 0})):
+        _check(_cost(op, **args), "ctrl", 1, 0, "control")
+
+
+def test_dma_costs_by_hand():
+    # scalar load / token store: one beat, DMA latency 6 + HBM latency 20
+    _check(_cost("LDR", rd=1, addr=0), "dma", 1, 26, "dma", read=4)
+    _check(_cost("TOKOUT", ra=1, addr=0), "dma", 1, 26, "dma", write=4)
+    # 100 elements round up to 104 = 13 beats, striped over 4 ports: 4 beats on the busiest
+    _check(_cost("LOADV", dst=0, src=0, len=100), "dma", 4, 26, "dma", read=13 * 16)
+    _check(_cost("STOREV", dst=0, src=0, len=100), "dma", 4, 26, "dma", write=13 * 16)
+    # 1280 elements = 160 beats, 40 per port in 3 bursts of <= 16: 40 + 3 x 2 gap cycles
+    _check(_cost("LOADV", GAP, dst=0, src=0, len=1280), "dma", 46, 26, "dma", read=160 * 16)
+    # a row goes through one port: 13 beats in one burst
+    _check(_cost("LOADR", dst=0, mat=0, ldb=13, row=0, len=100), "dma", 13, 26, "dma",
+           read=13 * 16)
+    _check(_cost("STORER", GAP, mat=0, ldb=13, row=0, src=0, len=100), "dma", 15, 26, "dma",
+           write=13 * 16)
+    # a column: 10 elements round up to 16, 4 per port, each a write (and a burst) of its own
+    _check(_cost("STOREC", mat=0, ldb=1, col=0, src=0, len=10), "dma", 4, 26, "dma",
+           write=16 * 16)
+    _check(_cost("STOREC", GAP, mat=0, ldb=1, col=0, src=0, len=10), "dma", 12, 26, "dma",
+           write=16 * 16)
+
+
+def test_vector_sfu_and_reduction_costs_by_hand():
+    # 20 elements round up to 24 = 3 beats of 8
+    _check(_cost("VADD", dst=0, a=0, b=0, len=20), "vpu", 3, 4, "vector")
+    _check(_cost("VEXP", dst=0, a=0, len=20), "vpu", 3, 13, "vector")
+    _check(_cost("VGELU", dst=0, a=0, len=20), "vpu", 3, 13, "vector")
+    # sums go through a dot lane's adder loop: 4 cycles per beat, then VPU + reduce latency
+    _check(_cost("VSUM", sd=1, a=0, len=20), "vpu", 12, 4 + 7, "vector")
+    _check(_cost("VDOT", sd=1, a=0, b=0, len=20), "vpu", 12, 4 + 7, "vector")
+    # compare trees: a beat per cycle, reduce latency only
+    _check(_cost("VMAX", sd=1, a=0, len=20), "vpu", 3, 7, "vector")
+    _check(_cost("ARGMAX", rd=1, sd=1, a=0, len=20, base=0), "vpu", 3, 7, "vector")
+    _check(_cost("VSET", dst=0, s=1), "vpu", 1, 4, "vector")
+    _check(_cost("VGET", sd=1, src=0), "vpu", 1, 4, "vector")
+
+
+def test_scalar_costs_by_hand():
+    for op, args in (("SLI", {"sd": 1, "imm": 1.5}), ("SMULI", {"sd": 1, "sa": 2, "imm": 2.0}),
+                     ("SADDH", {"sd": 1, "sa": 2, "imm": 1.0}), ("SRECIP", {"sd": 1, "sa": 2}),
+                     ("SRSQRT", {"sd": 1, "sa": 2})):
+        _check(_cost(op, **args), "scalar", 1, 10, "vector")
+
+
+@pytest.mark.parametrize(("devices", "steps"), [(1, 0), (2, 1), (3, 1), (4, 2), (5, 2)])
+def test_ring_costs_by_hand(devices, steps):
+    cfg = CFG.with_devices(devices)
+    # bidirectional ring: ceil((D-1)/2) steps, each a 40-cycle hop plus the bytes at 8/cycle
+    gather = _cost("ALLGATHER", cfg, base=0, slice=16, stride=64, count=3)
+    _check(gather, "ring", max(1, steps * (40 + 3 * 16 * 2 / 8)), 0, "sync")
+    _check(_cost("ARGMAXALL", cfg, rd=1, sd=1), "ring", max(1, steps * (40 + 8 / 8)), 0, "sync")
+    _check(_cost("SYNC", cfg), "ring", max(1, steps * 40), 0, "sync")
+
+
+def test_biased_mm_reads_its_bias_first():
+    # 32 rows x 32 columns as in test_direct_mm_costs_stream_and_latency, plus the bias:
+    # 32 rows / 8 per beat = 4 beats before the lanes start, so compute 36 > stream 32
+    mm = {"dst": 0, "src": 1024, "w": 0, "ldb": 4, "rows": 32, "cols": 32, "ntok": 1,
+          "dstride": 32, "sstride": 32}
+    _check(_cost("MM", **mm, bias=2048, flags={"bias"}), "mpu", 36, 30, "compute",
+           read=4 * 32 * 16)
+    prefetched = _cost("MM", **mm, flags={"prefetched"})
+    _check(prefetched, "mpu", 32, 10, "weights", read=4 * 32 * 16)
