@@ -7,6 +7,8 @@ and the op's torch reference elsewhere, so callers never branch:
 - `flash_attention(q, k, v, causal=True, past_len=0, scale=None)`: FlashAttention-2 fwd + bwd
 - `layer_norm(x, weight, bias, eps)`: fused LayerNorm fwd + bwd
 - `bias_gelu(x, bias, approximate="tanh")`: fused bias + GELU fwd + bwd
+- `cross_entropy(hidden, weight, targets, ignore_index=-100)`: LM head + loss, chunked over
+  the vocabulary, fwd + bwd
 
 Where the kernels run: `triton_available(device)`; a `kernels=` option ("torch" | "triton" |
 "auto") resolves with `resolve_kernels(kernels, device)`, and `kernels_notice` gives the one
@@ -24,6 +26,7 @@ from ._dispatch import (
 from .attention import attention_reference, flash_attention
 from .gelu import bias_gelu, bias_gelu_reference
 from .layernorm import layer_norm, layer_norm_reference
+from .lm_loss import cross_entropy, cross_entropy_reference
 
 __all__ = [
     "HAVE_TRITON",
@@ -32,6 +35,8 @@ __all__ = [
     "attention_reference",
     "bias_gelu",
     "bias_gelu_reference",
+    "cross_entropy",
+    "cross_entropy_reference",
     "flash_attention",
     "kernels_notice",
     "layer_norm",
