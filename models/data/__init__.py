@@ -3,14 +3,34 @@
 `prepare_corpus(out)` writes a deterministic train/val split (by file-path hash), a byte-level
 BPE trained on the train split, and the token streams as uint16 binaries; `TokenData` reads
 them back as batches.
+
+Data efficiency: `analyze` writes per-window difficulty indexes (`DifficultyIndex`),
+`CurriculumScheduler` is DeepSpeed's difficulty schedule, `CurriculumSampler` draws windows at or
+below it, `parse_data_efficiency` reads DeepSpeed's `data_efficiency` JSON; `fim` holds the
+fill-in-the-middle transform.
 """
 
+from .analyzer import DifficultyIndex, analyze
 from .corpus import CorpusMeta, prepare_corpus, split_of, stdlib_files, stdlib_root
+from .curriculum import (
+    CurriculumSampler,
+    CurriculumScheduler,
+    DataEfficiencyConfig,
+    load_data_efficiency,
+    parse_data_efficiency,
+)
 from .dataset import TokenData
 
 __all__ = [
     "CorpusMeta",
+    "CurriculumSampler",
+    "CurriculumScheduler",
+    "DataEfficiencyConfig",
+    "DifficultyIndex",
     "TokenData",
+    "analyze",
+    "load_data_efficiency",
+    "parse_data_efficiency",
     "prepare_corpus",
     "split_of",
     "stdlib_files",
