@@ -70,8 +70,9 @@ def _kv_tolerance(want: np.ndarray) -> np.ndarray:
     FP16 LayerNorm input each add <= u relative to the head vector's scale (max |k| over the
     head dim), LayerNorm's rsqrt unit <= 0.52 ulp ~ u, and the block before it (layer 1 of
     this 2-block model) passes on 3u (one per residual-path rounding, as in
-    accel_helpers.LOGIT_SCALE_TOL): |err| <= u |k| + 6u max|k|. Measured: at most 2.6u of the
-    scale beyond 2u |k|, so this bound (2u |k| + 6u max|k|) has ~2x headroom."""
+    accel_helpers.LOGIT_SCALE_TOL), 6u of the scale in all; the final rounding is allowed 2u:
+    |err| <= 2u |k| + 6u max|k|. Measured: at most 2.6u of the scale beyond 2u |k| (~2x
+    headroom)."""
     scale = np.abs(want).max(axis=-1, keepdims=True)
     return 2 * U_FP16 * np.abs(want) + 6 * U_FP16 * scale
 

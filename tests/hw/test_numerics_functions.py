@@ -3,6 +3,8 @@ float64, the documented special values, and softmax/layernorm as their documente
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -149,3 +151,56 @@ def test_ulp_error_is_measured_in_the_exact_values_binade():
     got = np.array([1.0, 0.0, 2.0**-24, np.inf], np.float16)
     exact = np.array([1.0 + 2.0**-10, 2.0**-24, 0.0, 65504.0])
     np.testing.assert_array_equal(nx.fp16_ulp_error(got, exact), [1.0, 1.0, 1.0, np.inf])
+
+
+def _math_reference(name: str, x: float) -> float:
+    """The special functions from Python's `math`, written here independently of
+    `nx.exact_f64` (which every accuracy figure above is measured against)."""
+    try:
+        if name == "exp":
+            return math.exp(x)
+        if name == "reciprocal":
+            return 1.0 / x
+        if name == "rsqrt":
+            return 1.0 / math.sqrt(x)
+        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)
+        return 0.5 * x * (1.0 + math.tanh(inner))  # GPT-2's tanh GELU
+    except (OverflowError, ZeroDivisionError, ValueError):
+        return math.nan
+
+
+def test_the_float64_references_are_the_functions_they_name():
+    """nx.exact_f64 against `math` on every finite FP16 input where `math` has a finite
+    answer, and fp16_ulp_error against an ulp computed with math.frexp."""
+    xs = [float(v) for v in X64 if math.isfinite(v)]
+    for name in EXACT:
+        want = np.array([_math_reference(name, x) for x in xs])
+        got = nx.exact_f64(name, np.array(xs))
+        ok = np.isfinite(want)
+        assert ok.sum() > 30000
+        # far below FP16's resolution (2**-11 relative, 2**-24 absolute); GELU's 1 + tanh
+        # cancels for negative x, so the two float64 evaluations differ there in low bits
+        np.testing.assert_allclose(got[ok], want[ok], rtol=1e-9, atol=2.0**-44)
+    # the ulp at e in [2**k, 2**(k + 1)) is 2**(k - 10), and 2**-24 below 2**-14
+    exact = [1.0, 1.5, 3.0, 1e-6, 7e-5, 60000.0, -0.3]
+    got16 = np.array([1.0, 1.5, 3.0, 0.0, 6e-5, 60000.0, -0.25], np.float16)
+    want = []
+    for g, e in zip(got16.astype(float), exact, strict=True):
+        _, k = math.frexp(abs(e))  # abs(e) = m * 2**k, 0.5 <= m < 1
+        ulp = 2.0 ** (max(k - 1, -14) - 10)
+        want.append(abs(g - e) / ulp)
+    np.testing.assert_allclose(nx.fp16_ulp_error(got16, np.array(exact)), want, rtol=1e-12)
+
+
+def test_round_fp16_is_numpys_ieee_cast():
+    """A second, independent rounding reference next to test_numerics_units' rationals:
+    numpy's float32 -> float16 cast (IEEE round to nearest even, subnormals, Inf), over
+    random FP32 bit patterns above FP32's subnormal range (the only inputs where the unit's
+    flush could differ, and there both give a zero)."""
+    rng = np.random.default_rng(11)
+    bits = rng.integers(0, 1 << 32, 200_000, dtype=np.uint64).astype(np.uint32)
+    x = nx.from_bits32(bits)
+    x = x[~np.isnan(x)]
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    np.testing.assert_array_equal(nx.bits16(nx.round_fp16(x)), nx.bits16(want))
