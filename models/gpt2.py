@@ -115,8 +115,12 @@ class GPT2Model(nn.Module):
         pos = torch.arange(T_past, T_past + input_ids.shape[1], device=input_ids.device)
         x = self.wte(input_ids) + self.wpe(pos)  # (B, T, C)
         present: KVCache = []
+        ltd = getattr(self, "layer_token_drop", None)  # random-LTD hook: models.random_ltd
         for i, block in enumerate(self.h):
-            x, kv = block(x, None if past is None else past[i])
+            if ltd is not None and self.training and past is None:
+                x, kv = ltd(i, x, lambda h, b=block: b(h, None))
+            else:
+                x, kv = block(x, None if past is None else past[i])
             present.append(kv)
         return self.ln_f(x), present
 

@@ -194,9 +194,16 @@ class MoEGPTModel(GPT2Model):
         x = self.wte(input_ids) + self.wpe(pos)  # (B, T, C)
         present: KVCache = []
         stats: list[MoEOutput] = []
+        ltd = getattr(self, "layer_token_drop", None)  # random-LTD hook: models.random_ltd
         for i, block in enumerate(self.h):
             layer_past = None if past is None else past[i]
-            if isinstance(block, MoEBlock):
+            if ltd is not None and self.training and past is None:
+                if isinstance(block, MoEBlock):
+                    x, kv, moe = ltd(i, x, lambda h, b=block: b(h, None, generator))
+                    stats.append(moe)
+                else:
+                    x, kv = ltd(i, x, lambda h, b=block: b(h, None))
+            elif isinstance(block, MoEBlock):
                 x, kv, moe = block(x, layer_past, generator)
                 stats.append(moe)
             else:
