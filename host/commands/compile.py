@@ -18,9 +18,12 @@ from pathlib import Path
 import models
 from hw.config import load_config
 from hw.layout import DESC
+from hw.outdir import output_dir
 
 from ..compiler import compile_model
+from ..errors import UsageError
 from ..runtime.isa import IsaCluster
+from .options import add_output_arguments
 from .perf import model_shape
 
 NAME = "compile"
@@ -33,7 +36,7 @@ def add_arguments(p) -> None:
                         "(programs and symbols only)")
     p.add_argument("--config", default="tiny", help="tiny, u280, u55c or a JSON file")
     p.add_argument("--devices", type=int, default=1, help="FPGAs in the ring")
-    p.add_argument("--out", required=True, help="output directory")
+    add_output_arguments(p, "output directory")
     p.add_argument("--trace", action="store_true", help="also simulate a job and trace it")
     p.add_argument("--input-len", type=int, default=8, help="--trace: prompt tokens")
     p.add_argument("--output-len", type=int, default=4, help="--trace: generated tokens")
@@ -42,16 +45,32 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     config = load_config(args.config, args.devices)
     has_weights = Path(args.model).is_dir()
-    source = models.load_model(args.model) if has_weights else model_shape(args.model)
-    compiled = compile_model(source, config)
-    out = Path(args.out)
-    written = compiled.save(out)
-    summary = {"files": [str(p) for p in written], "instructions": len(compiled.programs[0]),
-               **compiled.plan.summary()}
-    if args.trace:
-        summary["trace"] = _trace(compiled, has_weights, args.input_len, args.output_len, out)
+    inputs = [args.model if has_weights else None,
+              args.config if Path(args.config).is_file() else None]
+    with output_dir(args.out, NAME, inputs=inputs, force=args.force) as tmp:
+        source = models.load_model(args.model) if has_weights else model_shape(args.model)
+        compiled = compile_model(source, config)
+        if args.trace:
+            _check_trace_lengths(args.input_len, args.output_len,
+                                 compiled.plan.shape.n_positions)
+        written = compiled.save(tmp)
+        summary = {"files": [str(Path(args.out) / p.relative_to(tmp)) for p in written],
+                   "instructions": len(compiled.programs[0]), **compiled.plan.summary()}
+        if args.trace:
+            summary["trace"] = _trace(compiled, has_weights, args.input_len, args.output_len,
+                                      tmp)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _check_trace_lengths(input_len: int, output_len: int, n_positions: int) -> None:
+    if input_len < 1:
+        raise UsageError(f"--input-len must be at least 1, not {input_len}")
+    if output_len < 1:
+        raise UsageError(f"--output-len must be at least 1, not {output_len}")
+    if input_len + output_len > n_positions:
+        raise UsageError(f"--input-len + --output-len ({input_len} + {output_len}) exceeds the "
+                         f"model's context ({n_positions})")
 
 
 def _trace(compiled, functional: bool, input_len: int, output_len: int, out: Path) -> dict:
@@ -59,15 +78,12 @@ def _trace(compiled, functional: bool, input_len: int, output_len: int, out: Pat
     cluster.load(compiled.programs, compiled.images)
     device = cluster.devices[0]
     device.trace = []
-    n_pos = compiled.plan.shape.n_positions
     for d in range(len(cluster.devices)):
         cluster.write_i32(d, DESC.N_PROMPT, [input_len])
         cluster.write_i32(d, DESC.POS0, [0])
         cluster.write_i32(d, DESC.MAX_NEW, [output_len])
         cluster.write_i32(d, DESC.PROMPT, [i % compiled.plan.shape.vocab_size
                                            for i in range(1, input_len + 1)])
-    if input_len + output_len > n_pos:
-        raise ValueError(f"--input-len + --output-len exceeds the context ({n_pos})")
     cluster.start()
     cluster.wait()
     rows = device.trace

@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 
 import models
+from hw.outdir import check_output_dir, output_dir
 from models.data import TokenData
 from models.moe import MoEGPT, expert_usage, prune_experts
 
 from ..errors import UsageError
+from .options import add_output_arguments
 
 NAME = "prune-experts"
 HELP = "keep the N most-used experts of an MoE-GPT checkpoint, measured on a calibration set"
@@ -26,7 +28,7 @@ HELP = "keep the N most-used experts of an MoE-GPT checkpoint, measured on a cal
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="MoE-GPT checkpoint directory")
     p.add_argument("--data", required=True, help="prepared corpus directory (`tandem data`)")
-    p.add_argument("--out", required=True, help="directory to write the pruned checkpoint to")
+    add_output_arguments(p, "directory to write the pruned checkpoint to")
     p.add_argument("--keep", type=int, required=True, help="experts to keep per MoE block")
     p.add_argument("--split", default="train", choices=("train", "val"),
                    help="calibration split (default train)")
@@ -36,6 +38,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    check_output_dir(args.out, NAME, inputs=[args.model, args.data], force=args.force)
     model = models.load_model(args.model)
     if not isinstance(model, MoEGPT):
         raise UsageError(f"{args.model} is not an MoE-GPT checkpoint (model_type moe_gpt2)")
@@ -49,10 +52,11 @@ def run(args) -> int:
                for _ in range(args.batches)]
     usage = expert_usage(model, batches)
     pruned, kept = prune_experts(model, args.keep, usage)
-    pruned.save_pretrained(args.out)
-    tok = Path(args.model) / "tokenizer.json"
-    if tok.is_file():
-        shutil.copyfile(tok, Path(args.out) / "tokenizer.json")
+    with output_dir(args.out, NAME, inputs=[args.model, args.data], force=args.force) as tmp:
+        pruned.save_pretrained(tmp)
+        tok = Path(args.model) / "tokenizer.json"
+        if tok.is_file():
+            shutil.copyfile(tok, tmp / "tokenizer.json")
     print(json.dumps({"out": args.out, "kept": {str(b): e for b, e in kept.items()},
                       "usage": {str(b): u.tolist() for b, u in usage.items()}}))
     return 0

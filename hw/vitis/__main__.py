@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..config import ConfigError, load_config
+from ..outdir import OutputDirError, output_dir
 from . import RingLink, write_build
 
 
@@ -21,7 +22,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="the RTL build's tandem_kernel.v: kernel.xml and the wrapper are "
                    "written from its ports")
     p.add_argument("--target", choices=("hw", "hw_emu"), default="hw")
-    p.add_argument("--out", required=True, help="directory to write")
+    p.add_argument("--out", required=True, help="directory to write (whole, or not at all)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even when it is a non-empty directory this command did "
+                   "not write")
     args = p.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -30,11 +34,17 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(args.verilog)
             if not path.is_file():
                 raise ConfigError(f"no Verilog at {path}; run the RTL build first")
-            verilog = path.read_text()
+            try:
+                verilog = path.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"cannot read the Verilog {path} ({e})") from None
         ring = RingLink.parse(args.ring_link) if args.ring_link else None
-        for path in write_build(config, args.out, args.devices, ring, verilog, args.target):
-            print(path)
-    except ConfigError as e:
+        inputs = [args.config if Path(args.config).is_file() else None, args.verilog]
+        with output_dir(args.out, "hw.vitis", inputs=inputs, force=args.force) as tmp:
+            written = write_build(config, tmp, args.devices, ring, verilog, args.target)
+        for path in written:
+            print(Path(args.out) / path.relative_to(tmp))
+    except (ConfigError, OutputDirError) as e:
         print(f"python -m hw.vitis: error: {e}", file=sys.stderr)
         return 2
     return 0
