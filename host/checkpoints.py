@@ -35,9 +35,10 @@ def add_model_arguments(p) -> None:
                    help="auto (the model's own), gpt2 (GPT-2's BPE) or a directory")
     p.add_argument("--backend", default="torch", help=f"one of: {', '.join(BACKENDS)}")
     accel = p.add_argument_group("accelerator backends (isa)")
-    accel.add_argument("--config", default="tiny",
+    accel.add_argument("--config", default=None,
                        help="accelerator config: tiny, u280, u55c or a JSON file (default tiny)")
-    accel.add_argument("--devices", type=int, default=1, help="FPGAs in the ring (default 1)")
+    accel.add_argument("--devices", type=int, default=None,
+                       help="FPGAs in the ring (default 1)")
     accel.add_argument("--prefill", choices=PREFILL_TARGETS, default="fpga",
                        help="where the prompt is processed: fpga (the devices, default) or gpu "
                        "(the host's torch model on CUDA, else the CPU; the devices take the KV "
@@ -50,7 +51,12 @@ def add_model_arguments(p) -> None:
 
 def backend_options(args) -> dict:
     """The keyword options `make_backend` passes to an accelerator backend's factory."""
-    options = {"config": args.config, "devices": args.devices,
+    if args.backend == "torch" and (args.config is not None or args.devices is not None):
+        given = "--config" if args.config is not None else "--devices"
+        raise UsageError(f"{given} applies to the accelerator backends (isa, rtl, board); the "
+                         "torch backend runs the golden model on one host device")
+    options = {"config": "tiny" if args.config is None else args.config,
+               "devices": 1 if args.devices is None else args.devices,
                "return_logits": getattr(args, "return_logits", False)}
     prefill = getattr(args, "prefill", "fpga")
     if prefill != "fpga" or getattr(args, "prefill_numerics", "torch") != "torch":
@@ -71,7 +77,15 @@ def require_backend(name: str) -> None:
 
 def resolve_tokenizer(model: str | Path, choice: str) -> Tokenizer | None:
     """`choice` is auto (the checkpoint's own, None if it ships none), gpt2 or a directory."""
-    return models.load_tokenizer(model if choice == "auto" else choice)
+    if choice in ("auto", "gpt2"):
+        return models.load_tokenizer(model if choice == "auto" else choice)
+    if not Path(choice).is_dir():
+        raise UsageError(f"--tokenizer {choice!r} is neither auto, gpt2 nor a directory")
+    tokenizer = models.load_tokenizer(choice)
+    if tokenizer is None:
+        raise UsageError(f"--tokenizer {choice} holds no tokenizer.json (nor vocab.json + "
+                         "merges.txt)")
+    return tokenizer
 
 
 def check_tokenizer_fits(tokenizer: Tokenizer | None, model: nn.Module) -> None:

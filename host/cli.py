@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                      description="FPGA/GPU co-design toolkit for transformer text generation and "
                      f"Mixture-of-Experts models.\n\ncommands (one line each):\n{table}",
                      epilog="`tandem COMMAND --help` shows a command's options.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+    # prog: a subcommand's errors and usage read `tandem generate: ...`, not the top usage
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog="tandem",
                                 parser_class=_Parser, help=argparse.SUPPRESS)
     for command in COMMANDS:
         p = sub.add_parser(command.NAME, help=command.HELP, description=command.__doc__,

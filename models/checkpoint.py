@@ -27,6 +27,8 @@ _CHECKPOINT_HELP = "an HF-format directory holds config.json and model.safetenso
 
 def _directory(path: str | Path) -> Path:
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path} is a file, not a checkpoint directory; {_CHECKPOINT_HELP}")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist; {_CHECKPOINT_HELP}")
     return path

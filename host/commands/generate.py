@@ -10,6 +10,7 @@ clock beside the simulator's wall time.
 from __future__ import annotations
 
 import json
+import math
 
 import models
 from models.tokenizer import IncrementalDecoder
@@ -66,8 +67,17 @@ def _options(args) -> dict:
 def run(args) -> int:
     require_backend(args.backend)  # checked before the (slow) model load
     options = _options(args)  # usage errors before the (slow) model load
-    if args.temperature < 0:
-        raise UsageError(f"--temperature must be >= 0, not {args.temperature}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UsageError(f"--temperature must be a finite number >= 0, not {args.temperature}")
+    if not 0 <= args.seed < 2**64:
+        raise UsageError(f"--seed must be in 0..2**64-1, not {args.seed}")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be at least 1, not {args.max_new_tokens}")
+    if args.prompt is not None:
+        try:
+            args.prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 reach argv as lone surrogates
+            raise UsageError("--prompt is not valid UTF-8 text") from None
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, not {args.top_k}")
     model = models.load_model(args.model)  # first: a bad checkpoint is the error to report
@@ -86,11 +96,13 @@ def run(args) -> int:
                                 args.seed)
 
     steps = []
-    if not args.json and tokenizer is not None:
-        print(args.prompt if args.prompt is not None else tokenizer.decode(prompt_ids),
-              end="", flush=True)
     decoder = IncrementalDecoder(tokenizer) if tokenizer else None
     for step in backend.stream(request):
+        if not args.json and not steps and tokenizer is not None:
+            # the prompt goes out with the first token, not before: a backend that refuses the
+            # request prints nothing on stdout
+            print(args.prompt if args.prompt is not None else tokenizer.decode(prompt_ids),
+                  end="", flush=True)
         steps.append(step)
         if not args.json:
             piece = decoder.push(step.token) if decoder else f" {step.token}"
