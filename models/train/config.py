@@ -13,6 +13,8 @@ from ..errors import ModelConfigError
 __all__ = ["TrainConfig"]
 
 _DTYPES = ("float32", "float16", "bfloat16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+KERNELS = ("torch", "triton", "auto")
 
 
 @dataclass
@@ -33,6 +35,11 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  #: max global gradient norm; 0 disables clipping
+    # speed: precision, kernels, compilation, sharding
+    precision: str = "auto"  #: fp32, bf16, fp16 (autocast; fp32 weights); auto: bf16 on CUDA
+    kernels: str = "torch"  #: torch, triton (CUDA only) or auto (Triton on CUDA)
+    compile: bool = False  #: torch.compile the model
+    shard: bool = False  #: FSDP2: shard weights, gradients, optimizer state over the processes
     # evaluation and checkpoints
     eval_interval: int = 200  #: steps between validation passes and checkpoint saves
     eval_batches: int = 20  #: fixed validation batches per pass
@@ -54,6 +61,7 @@ class TrainConfig:
     moe_noisy_gate_policy: str = ""  #: router noise in training: Jitter, RSample, or none
     moe_renormalize: bool = True  #: renormalise the top-k weights to sum to 1
     moe_use_residual: bool = False  #: residual MoE: a dense MLP beside the experts
+    moe_ep_size: int = 1  #: expert parallelism: ranks that split each MoE block's experts
     moe_aux_loss_coef: float = 0.01  #: weight of the load-balancing loss
     moe_z_loss_coef: float = 0.001  #: weight of the router z-loss
     moe_dts_tau_start: float = 2.0  #: DTS gate: Gumbel-softmax temperature at step 0
@@ -82,6 +90,17 @@ class TrainConfig:
             raise ModelConfigError(f"need 0 < min_lr <= lr, not min_lr={self.min_lr} lr={self.lr}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ModelConfigError("warmup_steps, grad_clip and weight_decay must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise ModelConfigError(
+                f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.kernels not in KERNELS:
+            raise ModelConfigError(
+                f"kernels must be one of {', '.join(KERNELS)}, not {self.kernels!r}")
+        if not isinstance(self.moe_ep_size, int) or self.moe_ep_size < 1:
+            raise ModelConfigError(
+                f"moe_ep_size must be a positive integer, not {self.moe_ep_size!r}")
+        if self.moe_ep_size > 1 and not self.is_moe:
+            raise ModelConfigError("moe_ep_size > 1 needs an MoE model (--moe-num-experts)")
         if self.save_dtype not in _DTYPES:
             raise ModelConfigError(f"save_dtype must be one of {_DTYPES}, not {self.save_dtype!r}")
         if not isinstance(self.moe_num_experts, int) or self.moe_num_experts < 0:

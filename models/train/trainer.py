@@ -1,9 +1,22 @@
-"""`train()`: a small, exact, resumable language-model trainer for CPU or CUDA.
+"""`train()`: a small, exact, resumable language-model trainer for CPU or CUDA, in one process
+or many (torch.distributed: DDP, FSDP2 with `shard`, expert parallelism for MoE).
 
 A run directory is a loadable HF-format checkpoint at every save (config.json,
-model.safetensors, tokenizer.json) plus `trainer_state.pt` (fp32 weights, optimizer state, step)
-and `train_log.jsonl`. Batches are drawn from a generator seeded by (seed, step), so a resumed
-run continues exactly where an uninterrupted one would be.
+model.safetensors, tokenizer.json) plus `trainer_state.pt` (fp32 weights, optimizer state,
+step, the grad scaler, the unfinished logging window and every rank's RNG states) and
+`train_log.jsonl`. Batches are drawn from a generator seeded by (seed, step), so a resumed
+run continues exactly where an uninterrupted one would be; `stop_after` ends a run after a
+checkpoint, as a preemption would.
+
+Several processes (see `models.train.distributed`): the global batch of a step is
+batch_size x grad_accum x world_size windows, the same windows one process would train on
+with grad_accum x world_size. Dense models run under DDP, or FSDP2 (`fully_shard`) with
+`shard`; an MoE-GPT averages its gradients with `models.moe.allreduce_gradients` over the
+data-parallel and expert-data-parallel groups of `models.moe.parallel`, its experts split
+over groups of `moe_ep_size` ranks.
+
+Precision: `fp32`; `bf16` (autocast, FP32 master weights and optimizer state); `fp16`
+(autocast with a gradient scaler, CUDA only); `auto` is bf16 on CUDA and fp32 elsewhere.
 
 Models may expose `auxiliary_losses() -> dict[str, Tensor]` (already weighted) for the last
 forward; the trainer adds them to the loss and logs each one. They may also expose
@@ -18,32 +31,46 @@ adds a Mixture-of-Students distillation term towards a teacher checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib.util
+import inspect
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from ..config import GPT2Config
 from ..data import TokenData
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ModelConfigError
 from ..gpt2 import GPT2LMHead
 from ..moe import MoEGPT, kd_loss, kd_weight, upcycle_into
+from ..moe.parallel import (
+    allreduce_gradients,
+    create_expert_parallel_groups,
+    split_parameters,
+)
 from ..registry import load_model
 from .config import TrainConfig
+from .distributed import DistContext, get_rng_states, init_distributed, set_rng_states
 from .schedule import lr_at
+from .throughput import flops_per_token, peak_tflops_for
 
 __all__ = ["TrainResult", "build_model", "evaluate_split", "train"]
 
 STATE_FILE = "trainer_state.pt"
 LOG_FILE = "train_log.jsonl"
+RANK_STATE_DIR = "rank_states"  # expert parallelism: each rank's experts and optimizer state
 
 
 @dataclass
@@ -53,6 +80,7 @@ class TrainResult:
     val_loss: float  # loss on the fixed validation batches at the end
     seconds: float  # wall time of this invocation
     tokens: int  # training tokens seen in total
+    stopped_early: bool = False  # ended by stop_after before max_steps
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -61,19 +89,29 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _accepts_kernels(cls) -> bool:
+    return "kernels" in inspect.signature(cls.__init__).parameters
+
+
 def build_model(cfg: TrainConfig, vocab_size: int, eot_id: int) -> nn.Module:
+    """The model `cfg` describes; `cfg.kernels` is passed on where the model takes it."""
     if cfg.is_moe:
-        return MoEGPT(cfg.moe_config(vocab_size, eot_id))
-    config = GPT2Config(
-        vocab_size=vocab_size,
-        n_positions=cfg.block_size,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        bos_token_id=eot_id,
-        eos_token_id=eot_id,
-    )
-    return GPT2LMHead(config)
+        config = cfg.moe_config(vocab_size, eot_id)
+        cls = MoEGPT
+    else:
+        config = GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=cfg.block_size,
+            n_embd=cfg.n_embd,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            bos_token_id=eot_id,
+            eos_token_id=eot_id,
+        )
+        cls = GPT2LMHead
+    if cfg.kernels != "torch" and _accepts_kernels(cls):
+        return cls(config, kernels=cfg.kernels)
+    return cls(config)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -139,20 +177,6 @@ def _teacher(cfg: TrainConfig, data: TokenData, device) -> nn.Module | None:
 
 
 @torch.no_grad()
-def _fixed_val_loss(model: nn.Module, data: TokenData, cfg: TrainConfig, device) -> float:
-    """Mean loss over `eval_batches` validation batches that are the same at every call."""
-    was_training = model.training
-    model.eval()
-    generator = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(cfg.eval_batches):
-        x, y = data.batch("val", cfg.batch_size, cfg.block_size, generator)
-        losses.append(_lm_loss(model, x.to(device), y.to(device)).item())
-    model.train(was_training)
-    return sum(losses) / len(losses)
-
-
-@torch.no_grad()
 def evaluate_split(
     model: nn.Module, data: TokenData, split: str = "val", batch_size: int = 32,
     progress: bool = True,
@@ -181,18 +205,156 @@ def evaluate_split(
     return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
 
 
-def _save(out: Path, model: nn.Module, optimizer, cfg: TrainConfig, step: int, data: TokenData):
-    model.save_pretrained(out, dtype=getattr(torch, cfg.save_dtype))
-    shutil.copyfile(data.directory / "tokenizer.json", out / "tokenizer.json")
-    state = {
-        "step": step,
-        "config": cfg.to_dict(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-    }
-    tmp = out / (STATE_FILE + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(out / STATE_FILE)  # a kill mid-save never leaves a half-written state
+# -- precision, kernels, parallel wrapping ----------------------------------------------------
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """fp32, bf16 or fp16 for `precision` on `device` (auto: bf16 on CUDA, else fp32)."""
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return "bf16" if cuda_bf16 else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ModelConfigError(
+            f"precision fp16 needs CUDA (its gradient scaler is CUDA-only); on {device.type} "
+            "use fp32 or bf16")
+    return precision
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def resolve_kernels(kernels: str, device: torch.device, say: Callable[[str], None]) -> str:
+    """torch or triton: Triton only on CUDA with triton installed and a model that takes it;
+    an explicit `triton` that cannot run falls back to torch with one notice."""
+    if kernels == "torch":
+        return "torch"
+    why = None
+    if device.type != "cuda":
+        why = f"Triton kernels need CUDA, this run is on {device.type}"
+    elif importlib.util.find_spec("triton") is None:
+        why = "triton is not installed (pip install 'tandem[triton]')"
+    elif not _accepts_kernels(GPT2LMHead):
+        why = "the models have no Triton path in this version"
+    if why is None:
+        return "triton"
+    if kernels == "triton":
+        say(f"notice: --kernels triton: {why}; using the torch kernels")
+    return "torch"
+
+
+def _shard_fsdp(model: nn.Module) -> None:
+    """FSDP2: each transformer block, then the rest, sharded over all ranks (in place)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def _fsdp_state_dicts(model: nn.Module, optimizer) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimizer state dicts on rank 0's CPU; collective."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return (get_model_state_dict(model, options=options),
+            get_optimizer_state_dict(model, optimizer, options=options))
+
+
+def _fsdp_load_optimizer(model: nn.Module, optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    set_optimizer_state_dict(model, optimizer, state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def _expert_names(model: nn.Module) -> dict[str, str]:
+    """Expert parallelism: this rank's local expert parameter names -> the full model's."""
+    from ..moe.layer import MoE
+
+    names = {}
+    for prefix, moe in model.named_modules():
+        if not isinstance(moe, MoE):
+            continue
+        for local, expert in enumerate(moe.experts):
+            global_id = moe.local_expert_ids[local]
+            for rest, _ in expert.named_parameters():
+                names[f"{prefix}.experts.{local}.{rest}"] = f"{prefix}.experts.{global_id}.{rest}"
+    return names
+
+
+def _full_moe_state(model: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor]:
+    """The full model's state dict from the expert shards of every rank; collective."""
+    names = _expert_names(model)
+    own = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    experts = {names[k]: v for k, v in own.items() if k in names}
+    full = {k: v for k, v in own.items() if k not in names}
+    for shard in ctx.all_gather_object(experts):
+        full.update(shard)
+    return full
+
+
+def _fill_missing_grads(model: nn.Module) -> None:
+    # a parameter that got no gradient this step still takes part in every all-reduce
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def _clip_expert_parallel(model: nn.Module, max_norm: float, groups) -> None:
+    """clip_grad_norm_ over the full model when each rank holds part of the experts: the
+    squared norms of the expert gradients are summed over the EP group."""
+    dense, expert = split_parameters(model)
+    zero = torch.zeros((), dtype=torch.float32, device=next(model.parameters()).device)
+    d = sum((p.grad.float().square().sum() for p in dense if p.grad is not None), zero)
+    e = sum((p.grad.float().square().sum() for p in expert if p.grad is not None), zero.clone())
+    dist.all_reduce(e, group=groups.ep_group)
+    coef = (max_norm / ((d + e).sqrt() + 1e-6)).clamp(max=1.0)
+    for p in dense + expert:
+        if p.grad is not None:
+            p.grad.mul_(coef.to(p.grad.dtype))
+
+
+# -- validation, checkpoints, logs ------------------------------------------------------------
+
+
+@torch.no_grad()
+def _fixed_val_loss(model: nn.Module, data: TokenData, cfg: TrainConfig, device,
+                    ctx: DistContext | None = None, precision: str = "fp32") -> float:
+    """Mean loss over `eval_batches` validation batches that are the same at every call.
+
+    Several ranks share the batches (batch j on rank j % world_size); a rank with nothing
+    left runs batch 0 again uncounted, so every rank runs as many forwards (collectives
+    inside an expert-parallel or sharded model must match)."""
+    ctx = ctx or DistContext()
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    batches = [data.batch("val", cfg.batch_size, cfg.block_size, generator)
+               for _ in range(cfg.eval_batches)]
+    rounds = math.ceil(cfg.eval_batches / ctx.world_size)
+    losses = []
+    for i in range(rounds):
+        j = i * ctx.world_size + ctx.rank
+        x, y = batches[j if j < cfg.eval_batches else 0]
+        with _autocast(precision, device):
+            loss = _lm_loss(model, x.to(device), y.to(device)).item()
+        if j < cfg.eval_batches:
+            losses.append(loss)
+    model.train(was_training)
+    if not ctx.enabled:
+        return sum(losses) / len(losses)
+    return ctx.all_reduce_sum([sum(losses)])[0] / cfg.eval_batches
 
 
 def _read_log(out: Path, upto_step: int) -> list[dict]:
@@ -200,6 +362,88 @@ def _read_log(out: Path, upto_step: int) -> list[dict]:
         return []
     rows = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines() if line]
     return [r for r in rows if r["step"] <= upto_step]
+
+
+@dataclass
+class _Run:
+    """What a checkpoint save needs besides the step."""
+
+    cfg: TrainConfig
+    out: Path
+    data: TokenData
+    ctx: DistContext
+    model: nn.Module  # the module itself (not the DDP wrapper; sharded under FSDP2 or EP)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    export: Callable[[], nn.Module]  # builds an unsharded CPU model to save weights from
+    expert_parallel: bool
+
+
+def _save(run: _Run, step: int, window: list[float], aux_window: dict[str, list[float]]):
+    """Write the checkpoint of `step` (rank 0 writes; every rank must call: collective)."""
+    cfg, out, ctx, model = run.cfg, run.out, run.ctx, run.model
+    if cfg.shard:
+        full_model, optimizer_state = _fsdp_state_dicts(model, run.optimizer)
+    elif run.expert_parallel:
+        full_model, optimizer_state = _full_moe_state(model, ctx), None
+        rank_dir = out / RANK_STATE_DIR
+        if ctx.is_main:
+            rank_dir.mkdir(exist_ok=True)
+        ctx.barrier()
+        own = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "optimizer": run.optimizer.state_dict()}
+        tmp = rank_dir / f"rank{ctx.rank}.pt.tmp"
+        torch.save(own, tmp)
+        tmp.replace(rank_dir / f"rank{ctx.rank}.pt")
+    else:
+        full_model = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        optimizer_state = run.optimizer.state_dict()
+    rng = ctx.all_gather_object(get_rng_states())
+    if ctx.is_main:
+        if cfg.shard or run.expert_parallel:
+            export = run.export()
+            export.load_state_dict(full_model)
+        else:
+            export = model
+        export.save_pretrained(out, dtype=getattr(torch, cfg.save_dtype))
+        shutil.copyfile(run.data.directory / "tokenizer.json", out / "tokenizer.json")
+        state = {
+            "step": step,
+            "config": cfg.to_dict(),
+            "world_size": ctx.world_size,
+            "model": full_model,
+            "optimizer": optimizer_state,
+            "scaler": run.scaler.state_dict(),
+            "window": list(window),
+            "aux_window": {k: list(v) for k, v in aux_window.items()},
+            "rng": rng,
+        }
+        tmp = out / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(out / STATE_FILE)  # a kill mid-save never leaves a half-written state
+    ctx.barrier()
+
+
+def _load_state(out: Path, cfg: TrainConfig, ctx: DistContext) -> dict:
+    state_file = out / STATE_FILE
+    if not state_file.is_file():
+        raise CheckpointError(f"cannot resume: {state_file} does not exist")
+    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    saved = TrainConfig.from_dict(state["config"]).to_dict()  # options added since: defaults
+    if saved != cfg.to_dict():
+        changed = sorted(k for k in cfg.to_dict() if saved.get(k) != getattr(cfg, k))
+        raise CheckpointError(
+            f"cannot resume {out}: options differ from the saved run ({', '.join(changed)})"
+        )
+    world = state.get("world_size", 1)
+    if world != ctx.world_size:
+        raise CheckpointError(
+            f"cannot resume {out}: it was trained by {world} process(es), this launch has "
+            f"{ctx.world_size}; resume with --nproc {world} (the data order depends on it)")
+    return state
+
+
+# -- the loop ---------------------------------------------------------------------------------
 
 
 def train(
@@ -210,109 +454,234 @@ def train(
     device: str = "auto",
     progress: bool = True,
     model_builder: Callable[[TrainConfig, int, int], nn.Module] = build_model,
+    stop_after: int | None = None,
+    peak_tflops: float | None = None,
 ) -> TrainResult:
-    """Train from `cfg` on the prepared corpus in `data_dir`, checkpointing into `out_dir`."""
+    """Train from `cfg` on the prepared corpus in `data_dir`, checkpointing into `out_dir`.
+
+    Under torchrun (or inside a process group the caller initialised) every rank calls this;
+    rank 0 writes `out_dir`. `stop_after` K ends the run once step K's checkpoint is written;
+    `peak_tflops` (per process) sets the peak for MFU, which otherwise comes from the GPU
+    table in `models.train.throughput` and is left out where unknown (the CPU)."""
+    if stop_after is not None and (not isinstance(stop_after, int) or stop_after <= 0):
+        raise ModelConfigError(f"stop_after must be a positive integer, not {stop_after!r}")
+    if peak_tflops is not None and not peak_tflops > 0:
+        raise ModelConfigError(f"peak_tflops must be > 0, not {peak_tflops!r}")
+    ctx = init_distributed(device)
+    try:
+        return _train(cfg, data_dir, out_dir, resume, ctx, progress, model_builder, stop_after,
+                      peak_tflops)
+    finally:
+        ctx.close()
+
+
+def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_builder,
+           stop_after, peak_tflops) -> TrainResult:
     t0 = time.perf_counter()
     data = TokenData(data_dir)
     out = Path(out_dir)
-    dev = resolve_device(device)
+    dev = ctx.device
+
+    def say(line: str) -> None:
+        if ctx.is_main:
+            tqdm.write(line, file=sys.stderr)
+
+    precision = resolve_precision(cfg.precision, dev)
+    if cfg.shard and not ctx.enabled:
+        raise ModelConfigError(
+            "shard (FSDP2) needs several processes: launch with --nproc N or torchrun")
+    if cfg.shard and cfg.is_moe:
+        raise ModelConfigError(
+            "shard (FSDP2) is for dense models; an MoE model splits its experts with "
+            "--moe-ep-size")
+    if cfg.moe_ep_size > 1 and ctx.world_size % cfg.moe_ep_size:
+        raise ModelConfigError(
+            f"moe_ep_size ({cfg.moe_ep_size}) must divide the number of processes "
+            f"({ctx.world_size})")
+    kernels = resolve_kernels(cfg.kernels, dev, say)
+    build_cfg = dataclasses.replace(cfg, kernels=kernels)
+
     torch.manual_seed(cfg.seed)
-    model = model_builder(cfg, data.meta.vocab_size, data.meta.eot_id)
+    model = model_builder(build_cfg, data.meta.vocab_size, data.meta.eot_id)
     if cfg.init_from and not resume:
         init_weights(model, cfg.init_from)
-    model = model.to(dev)
-    teacher = _teacher(cfg, data, dev)
-    optimizer = _optimizer(model, cfg)
-    start = 0
-    if resume:
-        state_file = out / STATE_FILE
-        if not state_file.is_file():
-            raise CheckpointError(f"cannot resume: {state_file} does not exist")
-        state = torch.load(state_file, map_location=dev, weights_only=True)
-        saved = TrainConfig.from_dict(state["config"]).to_dict()  # options added since: defaults
-        if saved != cfg.to_dict():
-            changed = sorted(k for k in cfg.to_dict() if saved.get(k) != getattr(cfg, k))
-            raise CheckpointError(
-                f"cannot resume {out}: options differ from the saved run ({', '.join(changed)})"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-    elif out.exists() and (out / STATE_FILE).exists():
+    state = _load_state(out, cfg, ctx) if resume else None
+    if state is None and out.exists() and (out / STATE_FILE).exists():
         raise CheckpointError(f"{out} already holds a run; pass --resume or pick another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    log = _read_log(out, start)
-    (out / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in log))
-    (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    model = model.to(dev)
+    groups = None
+    expert_parallel = cfg.is_moe and ctx.enabled and cfg.moe_ep_size > 1
+    if cfg.is_moe and ctx.enabled:
+        groups = create_expert_parallel_groups(cfg.moe_ep_size)
+        if expert_parallel:
+            model.shard_experts(groups.ep_group)
+    if state is not None:
+        if expert_parallel:
+            own = torch.load(out / RANK_STATE_DIR / f"rank{ctx.rank}.pt", map_location="cpu",
+                             weights_only=True)
+            model.load_state_dict(own["model"])
+        else:
+            model.load_state_dict(state["model"])
+    fpt = flops_per_token(model, cfg.n_layer, cfg.n_embd, cfg.block_size)
+    teacher = _teacher(cfg, data, dev)
 
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * cfg.block_size
-    model.train()
+    if cfg.shard:
+        _shard_fsdp(model)
+    if cfg.compile:
+        model.compile()
+    trained: nn.Module = model  # what the training forward calls
+    if ctx.enabled and not cfg.is_moe and not cfg.shard:
+        ddp_ids = [dev.index] if dev.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
+    optimizer = _optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+    start = 0
     window: list[float] = []
     aux_window: dict[str, list[float]] = {}
+    if state is not None:
+        if expert_parallel:
+            optimizer.load_state_dict(own["optimizer"])
+        elif cfg.shard:
+            _fsdp_load_optimizer(model, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        window = list(state.get("window", []))
+        aux_window = {k: list(v) for k, v in state.get("aux_window", {}).items()}
+        if "rng" in state:
+            set_rng_states(state["rng"][ctx.rank])
+        start = state["step"]
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        log = _read_log(out, start)
+        (out / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in log))
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    ctx.barrier()
+
+    def export() -> nn.Module:
+        return model_builder(dataclasses.replace(cfg, kernels="torch"), data.meta.vocab_size,
+                             data.meta.eot_id)
+
+    run = _Run(cfg, out, data, ctx, model, optimizer, scaler, export, expert_parallel)
+    peak = peak_tflops if peak_tflops is not None else peak_tflops_for(dev)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * ctx.world_size * cfg.block_size
+    mine = ctx.my_micro_batches(cfg.grad_accum)
+    routing_seed = cfg.seed if ctx.rank == 0 else cfg.seed + 104_729 * ctx.rank  # per rank
+    model.train()
     val_loss = float("nan")
+    timed_steps, timed_s = 0, 0.0
+    done = start
     bar = tqdm(total=cfg.max_steps, initial=start, desc="training", unit="step",
-               disable=not progress)
+               disable=not (progress and ctx.is_main and sys.stderr.isatty()), file=sys.stderr)
     for step in range(start, cfg.max_steps):
+        t_step = time.perf_counter()
         lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         begin = getattr(model, "begin_train_step", None)
         if begin is not None:
-            begin(step, cfg.seed)
+            begin(step, routing_seed)
         alpha = kd_weight(step, cfg.distill_alpha, cfg.distill_stop_step)
+        # the step's global batch, drawn in one order; this rank keeps its share
+        batches = [data.batch("train", cfg.batch_size, cfg.block_size, generator)
+                   for _ in range(cfg.grad_accum * ctx.world_size)]
         aux_totals: dict[str, float] = {}
         step_loss = 0.0
-        for _ in range(cfg.grad_accum):
-            x, y = data.batch("train", cfg.batch_size, cfg.block_size, generator)
+        for a, j in enumerate(mine):
+            x, y = batches[j]
             x, y = x.to(dev), y.to(dev)
-            logits, _ = model(x)  # (B, T, V)
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
-            aux = _aux_losses(model)
-            metrics = _train_metrics(model)
-            total = loss + sum(aux.values()) if aux else loss
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits, _ = teacher(x)
-                kd = kd_loss(logits, teacher_logits, cfg.distill_temperature)
-                total = total + alpha * (kd - loss)  # (1 - alpha) * CE + alpha * KD + aux
-                metrics["distill_kd"] = kd.item()
-            (total / cfg.grad_accum).backward()
+            last = a == len(mine) - 1
+            with contextlib.ExitStack() as stack:
+                if isinstance(trained, nn.parallel.DistributedDataParallel) and not last:
+                    stack.enter_context(trained.no_sync())
+                if cfg.shard:
+                    model.set_requires_gradient_sync(last)
+                with _autocast(precision, dev):
+                    logits, _ = trained(x)  # (B, T, V)
+                    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                           y.reshape(-1))
+                    aux = _aux_losses(model)
+                    metrics = _train_metrics(model)
+                    total = loss + sum(aux.values()) if aux else loss
+                    if teacher is not None:
+                        with torch.no_grad():
+                            teacher_logits, _ = teacher(x)
+                        kd = kd_loss(logits, teacher_logits, cfg.distill_temperature)
+                        total = total + alpha * (kd - loss)  # (1 - alpha) CE + alpha KD + aux
+                        metrics["distill_kd"] = kd.item()
+                scaler.scale(total / cfg.grad_accum).backward()
             step_loss += loss.item() / cfg.grad_accum
             for name, value in aux.items():
                 aux_totals[name] = aux_totals.get(name, 0.0) + value.item() / cfg.grad_accum
             for name, value in metrics.items():
                 aux_totals[name] = aux_totals.get(name, 0.0) + value / cfg.grad_accum
+        if groups is not None:  # MoE on several ranks: dense over all, experts over EDP
+            _fill_missing_grads(model)
+            allreduce_gradients(model, groups)
+        if ctx.enabled:  # the step's loss and metrics: means over all ranks
+            names = sorted(aux_totals)
+            sums = ctx.all_reduce_sum([step_loss] + [aux_totals[n] for n in names])
+            step_loss = sums[0] / ctx.world_size
+            aux_totals = {n: v / ctx.world_size for n, v in zip(names, sums[1:], strict=True)}
+        scaler.unscale_(optimizer)
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+            if expert_parallel:
+                _clip_expert_parallel(model, cfg.grad_clip, groups)
+            else:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         window.append(step_loss)
         for name, value in aux_totals.items():
             aux_window.setdefault(name, []).append(value)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        timed_steps += 1
+        timed_s += time.perf_counter() - t_step
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}",
+                        tok_s=f"{timed_steps * tokens_per_step / timed_s:.0f}")
 
         done = step + 1
+        saved = False
         if done % cfg.eval_interval == 0 or done == cfg.max_steps:
-            val_loss = _fixed_val_loss(model, data, cfg, dev)
+            val_loss = _fixed_val_loss(model, data, cfg, dev, ctx, precision)
+            tokens_per_s = timed_steps * tokens_per_step / timed_s
             row = {"step": done, "lr": lr, "train_loss": sum(window) / len(window),
                    "val_loss": val_loss, "tokens": done * tokens_per_step,
                    "elapsed_s": round(time.perf_counter() - t0, 2),
+                   "tokens_per_s": round(tokens_per_s, 1),
                    **{k: sum(v) / len(v) for k, v in aux_window.items()}}
-            with (out / LOG_FILE).open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            bar.write(f"step {done}: train {row['train_loss']:.4f} val {val_loss:.4f}")
+            line = (f"step {done}: train {row['train_loss']:.4f} val {val_loss:.4f} "
+                    f"{tokens_per_s:.0f} tok/s")
+            if peak is not None:
+                row["mfu"] = round(tokens_per_s * fpt / (peak * 1e12 * ctx.world_size), 5)
+                line += f" MFU {100 * row['mfu']:.1f}%"
+            if ctx.is_main:
+                with (out / LOG_FILE).open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.write(line)
             window = []
             aux_window = {}
-            _save(out, model, optimizer, cfg, done, data)
+            timed_steps, timed_s = 0, 0.0
+            _save(run, done, window, aux_window)
+            saved = True
+        if stop_after is not None and done >= stop_after:
+            if not saved:
+                _save(run, done, window, aux_window)
+            say(f"stopped after step {done} (checkpoint written; continue with --resume)")
+            break
     bar.close()
-    log = _read_log(out, cfg.max_steps)
+    log = _read_log(out, done)
     last = log[-1] if log else {"train_loss": float("nan"), "val_loss": float("nan")}
     return TrainResult(
-        steps=cfg.max_steps,
+        steps=done,
         train_loss=last["train_loss"],
         val_loss=last["val_loss"],
         seconds=time.perf_counter() - t0,
-        tokens=cfg.max_steps * tokens_per_step,
+        tokens=done * tokens_per_step,
+        stopped_early=done < cfg.max_steps,
     )

@@ -76,7 +76,7 @@ def test_resume_is_exact_with_random_token_selection_and_jitter(corpus, tmp_path
     b = load_file(tmp_path / "resumed" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _log(tmp_path / "straight") == [
-        {**r, "elapsed_s": s["elapsed_s"]}
+        {**r, "elapsed_s": s["elapsed_s"], "tokens_per_s": s["tokens_per_s"]}  # timings differ
         for r, s in zip(_log(tmp_path / "resumed"), _log(tmp_path / "straight"), strict=True)]
 
 
