@@ -40,6 +40,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ from .distributed import DistContext, get_rng_states, init_distributed, set_rng_
 from .schedule import lr_at
 from .throughput import flops_per_token, peak_tflops_for
 
-__all__ = ["TrainResult", "build_model", "evaluate_split", "train"]
+__all__ = ["TrainResult", "build_model", "check_options", "evaluate_split", "train"]
 
 STATE_FILE = "trainer_state.pt"
 LOG_FILE = "train_log.jsonl"
@@ -220,6 +221,23 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def check_options(cfg: TrainConfig, world_size: int, device: torch.device) -> str:
+    """Refuse what cannot run with `world_size` processes on `device`; the precision to use."""
+    precision = resolve_precision(cfg.precision, device)
+    if cfg.shard and world_size < 2:
+        raise ModelConfigError(
+            "shard (FSDP2) needs several processes: launch with --nproc N or torchrun")
+    if cfg.shard and cfg.is_moe:
+        raise ModelConfigError(
+            "shard (FSDP2) is for dense models; an MoE model splits its experts with "
+            "--moe-ep-size")
+    if cfg.moe_ep_size > 1 and world_size % cfg.moe_ep_size:
+        raise ModelConfigError(
+            f"moe_ep_size ({cfg.moe_ep_size}) must divide the number of processes "
+            f"({world_size})")
+    return precision
+
+
 def _autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -250,6 +268,10 @@ def _shard_fsdp(model: nn.Module) -> None:
     """FSDP2: each transformer block, then the rest, sharded over all ranks (in place)."""
     from torch.distributed.fsdp import fully_shard
 
+    # FSDP2 warns that a block returns views: those are the KV cache (k, v), which training
+    # never modifies in place, so the warning does not apply here
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor",
+                            category=UserWarning)
     for block in model.transformer.h:
         fully_shard(block)
     fully_shard(model)
@@ -486,18 +508,7 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
         if ctx.is_main:
             tqdm.write(line, file=sys.stderr)
 
-    precision = resolve_precision(cfg.precision, dev)
-    if cfg.shard and not ctx.enabled:
-        raise ModelConfigError(
-            "shard (FSDP2) needs several processes: launch with --nproc N or torchrun")
-    if cfg.shard and cfg.is_moe:
-        raise ModelConfigError(
-            "shard (FSDP2) is for dense models; an MoE model splits its experts with "
-            "--moe-ep-size")
-    if cfg.moe_ep_size > 1 and ctx.world_size % cfg.moe_ep_size:
-        raise ModelConfigError(
-            f"moe_ep_size ({cfg.moe_ep_size}) must divide the number of processes "
-            f"({ctx.world_size})")
+    precision = check_options(cfg, ctx.world_size, dev)
     kernels = resolve_kernels(cfg.kernels, dev, say)
     build_cfg = dataclasses.replace(cfg, kernels=kernels)
 
