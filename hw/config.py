@@ -39,6 +39,8 @@ class ConfigError(ValueError):
 
 
 NUMBER_FORMATS = ("fp16",)
+#: the most FPGAs in one ring (DFX used 4); beyond it nothing is modelled or built
+MAX_DEVICES = 256
 
 
 _KINDS = {"int": "an integer", "float": "a number", "str": "a string"}
@@ -119,6 +121,9 @@ class AccelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+        if self.devices > MAX_DEVICES:
+            raise ConfigError(f"devices must be at most {MAX_DEVICES} (a ring of FPGAs), "
+                              f"not {self.devices}")
         for name in ("clock_mhz", "hbm_channel_gbps", "ring_gbps", "ring_hop_latency_ns"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, not {getattr(self, name)!r}")
@@ -272,7 +277,7 @@ def load_config(spec: str | Path, devices: int | None = None) -> AccelConfig:
             raise ConfigError(f"accelerator config {key} cannot be read ({e})") from None
         config = AccelConfig.from_json(text)
     if devices is not None:
-        if not isinstance(devices, int) or devices < 1:
+        if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
             raise ConfigError(f"devices must be a positive integer, not {devices!r}")
         config = config.with_devices(devices)
     return config

@@ -4,6 +4,7 @@ inside torch or safetensors."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -110,3 +111,65 @@ def test_good_checkpoint_still_loads(ckpt):
     model = load_model(ckpt)
     logits, _ = model(torch.tensor([[1, 2, 3]]))
     assert logits.shape == (1, 3, 512)
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "message"),
+    [
+        ("layer_norm_epsilon", '"x"', "layer_norm_epsilon must be a number, not 'x'"),
+        ("n_embd", "null", "n_embd must be an integer, not None"),
+        ("layer_norm_epsilon", "NaN", "layer_norm_epsilon must be a finite number, not nan"),
+        ("layer_norm_epsilon", "1e999", "layer_norm_epsilon must be a finite number, not inf"),
+        ("tie_word_embeddings", "1", "tie_word_embeddings must be true or false, not 1"),
+        ("bos_token_id", '"0"', "bos_token_id must be an integer or null, not '0'"),
+    ],
+)
+def test_config_values_of_the_wrong_type(ckpt, key, raw, message):
+    """Each of these raised a TypeError (or loaded) before: the JSON is edited as text, so NaN
+    and 1e999 reach the loader as Python's json reads them."""
+    config = json.loads((ckpt / "config.json").read_text())
+    config[key] = "@@"
+    (ckpt / "config.json").write_text(json.dumps(config).replace('"@@"', raw))
+    with pytest.raises(ModelConfigError, match=message):
+        load_model(ckpt)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.int64])
+def test_integer_or_bool_weights_are_refused(ckpt, dtype):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(ckpt / "model.safetensors")
+    key = sorted(state)[0]
+    state[key] = state[key].to(dtype)
+    save_file(state, ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match=rf"is stored as {str(dtype)[6:]}; weights must be "
+                                              "floating point"):
+        load_model(ckpt)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_nan_or_infinite_weights_are_refused(ckpt, bad):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(ckpt / "model.safetensors")
+    key = sorted(state)[-1]
+    state[key].view(-1)[3] = bad
+    save_file(state, ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match="holds NaN or infinite values"):
+        load_model(ckpt)
+
+
+def test_a_file_as_checkpoint_says_it_is_a_file(tmp_path):
+    file = tmp_path / "model.bin"
+    file.write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a checkpoint directory"):
+        load_model(file)
+
+
+def test_saved_weights_are_not_private(tmp_path, tiny_checkpoint):
+    """safetensors writes 0600; a saved checkpoint is readable like any file the user makes."""
+    model = load_model(tiny_checkpoint)
+    model.save_pretrained(tmp_path / "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -36,7 +36,8 @@ class RtlBackend(AcceleratorBackend):
                              "simulated devices); use --backend isa for logits")
         super().__init__(model, config, name="rtl", **options)
         self.simulator = simulator
-        self.cluster = RtlCluster(config, simulator=simulator, attribute=True,
+        extent = max(r.offset + r.size for r in self.compiled.plan.hbm.values())
+        self.cluster = RtlCluster(config, simulator=simulator, attribute=True, hbm_bytes=extent,
                                   progress=sys.stderr.isatty() if progress is None else progress)
         self.cluster.load(self.compiled.programs, self.compiled.images)
 

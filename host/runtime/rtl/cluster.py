@@ -13,8 +13,10 @@ address is the kernel's `program` argument, as the board driver will do it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -34,6 +36,9 @@ from sim.core import top
 from ..host_images import HostImages
 from ..isa import IsaCluster
 from .timing import attribute
+
+#: the smallest memory model (beats per HBM port, log2): one build serves every small model
+MIN_DEPTH_LOG2 = 15
 
 __all__ = ["RtlCluster", "RtlDevice", "RtlError", "parse_trace", "parse_writes"]
 
@@ -125,8 +130,9 @@ class RtlCluster(HostImages):
 
     def __init__(self, config: AccelConfig, *, simulator: str = "verilator",
                  hbm_rate: int = 256, link_rate: int = 256, seed: int = 0,
-                 progress: bool = False, depth_log2: int = 15, max_cycles: int = 50_000_000,
-                 work_dir: Path | None = None, attribute: bool = False) -> None:
+                 progress: bool = False, depth_log2: int | None = None,
+                 max_cycles: int = 50_000_000, work_dir: Path | None = None,
+                 attribute: bool = False, hbm_bytes: int = 0, keep_runs: bool = False) -> None:
         self.config = config
         self.simulator = simulator
         self.hbm_rate = hbm_rate
@@ -135,8 +141,15 @@ class RtlCluster(HostImages):
         self.progress = progress
         # one build serves 1 and 2 devices (the kernel does not depend on the count); more
         # devices need a build of their own
+        #: None: the memory models are sized from the loaded program (see `load`)
+        self.depth_log2 = depth_log2
+        #: bytes per HBM channel the program addresses (the plan's extent, KV cache included),
+        #: beyond what the images hold
+        self.hbm_bytes = hbm_bytes
+        #: keep each run's folder (hex images, traces, sim.log) under build/rtl-runs
+        self.keep_runs = keep_runs
         self.bench = top.Bench(config.with_devices(1), devices=max(2, config.devices),
-                               depth_log2=depth_log2)
+                               depth_log2=depth_log2 or MIN_DEPTH_LOG2)
         self.max_cycles = max_cycles
         self.work_dir = Path(work_dir) if work_dir else None
         #: run the `isa` backend on the same job too, for the breakdown's category labels
@@ -151,6 +164,24 @@ class RtlCluster(HostImages):
 
     def load(self, programs: list[list[Instr]], images: list[HbmImage] | None) -> None:
         self._load(programs, images, RtlDevice)
+        if self.depth_log2 is None:
+            depth_log2 = max(MIN_DEPTH_LOG2, (self._beats_needed() - 1).bit_length())
+            if depth_log2 != self.bench.depth_log2:
+                self.bench = dataclasses.replace(self.bench, depth_log2=depth_log2)
+                self._sim = None
+
+    def _beats_needed(self) -> int:
+        """The most beats any HBM port's memory model must hold: the image, the plan's extent
+        and, in port 0, the program above the image."""
+        beat = self.config.beat_bytes
+        need = 1
+        for d, dev in enumerate(self.devices):
+            for p in range(self.config.hbm_ports):
+                n = max(self.hbm_bytes, self.images[d].used_bytes(p))
+                if p == 0:
+                    n = max(n, self.program_offset(d) + encode_program(dev.program).nbytes)
+                need = max(need, -(-n // beat))
+        return need
 
     def start(self) -> None:
         for dev in self.devices:
@@ -185,10 +216,18 @@ class RtlCluster(HostImages):
     def run(self) -> Iterator[None]:
         sim = self._ensure_built()
         self.reference = self._run_reference() if self.attribute else None
-        cfg = self.config
-        beat = cfg.beat_bytes
+        beat = self.config.beat_bytes
         depth = 1 << self.bench.depth_log2
         work = Path(tempfile.mkdtemp(prefix="run-", dir=self._runs_dir()))
+        try:
+            self._run_in(sim, work, beat, depth)
+        finally:
+            if not self.keep_runs:
+                shutil.rmtree(work, ignore_errors=True)
+        yield
+
+    def _run_in(self, sim, work: Path, beat: int, depth: int) -> None:
+        cfg = self.config
         rm = regmap(cfg)
         plusargs = [f"+hbm_rate={self.hbm_rate}", f"+link_rate={self.link_rate}",
                     f"+seed={self.seed}"]
@@ -202,7 +241,7 @@ class RtlCluster(HostImages):
             offsets.append(offset)
             for p in range(cfg.hbm_ports):
                 n = image.used_bytes(p)
-                if -(-n // beat) > depth:
+                if -(-max(n, self.hbm_bytes) // beat) > depth:
                     raise RtlError(f"device {d} port {p} holds {n} bytes; the memory model has "
                                    f"{depth * beat} (raise depth_log2)")
                 path = work / f"hbm{d}_{p}.hex"
@@ -235,7 +274,6 @@ class RtlCluster(HostImages):
             dev.writes = parse_writes((work / f"hbm{d}_0.log").read_text(), beat)
             dev.events = self._events(d, dev)
         self.work = work
-        yield
 
     def _events(self, d: int, dev: RtlDevice) -> list[tuple[int, int, dict]]:
         """TOKOUT events as the `isa` backend reports them: (address, value, snapshot), the
@@ -297,14 +335,25 @@ class RtlCluster(HostImages):
                                 "PYTHONPATH": os.pathsep.join(
                                     [str(runner.REPO_ROOT), os.environ.get("PYTHONPATH", "")])})
         except SystemExit as e:
-            raise RtlError(f"the simulation failed (see {work / 'sim.log'}): {e}") from None
+            raise RtlError(f"the simulation failed ({e}): {_last_line(work / 'sim.log')}"
+                           f"{'' if self.keep_runs else ' (keep_runs=True keeps its folder)'}"
+                           ) from None
         finally:
             stop.set()
             if bar is not None:
                 bar.close()
         self.wall_s = time.perf_counter() - started
         if not (work / "result.json").is_file():
-            raise RtlError(f"the simulation left no result (see {work})")
+            raise RtlError(f"the simulation left no result: {_last_line(work / 'sim.log')}")
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines()
+                 if line.strip()]
+    except OSError:
+        return "no simulator log"
+    return lines[-1][:300] if lines else "the simulator log is empty"
 
 
 def _write_hex(path: Path, data: np.ndarray, beat: int) -> None:
