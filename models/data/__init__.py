@@ -20,6 +20,7 @@ from .curriculum import (
     parse_data_efficiency,
 )
 from .dataset import TokenData
+from .fim import FIMConfig, ensure_fim, fim_transform, infill_prompt_ids
 
 __all__ = [
     "CorpusMeta",
@@ -27,8 +28,12 @@ __all__ = [
     "CurriculumScheduler",
     "DataEfficiencyConfig",
     "DifficultyIndex",
+    "FIMConfig",
     "TokenData",
     "analyze",
+    "ensure_fim",
+    "fim_transform",
+    "infill_prompt_ids",
     "load_data_efficiency",
     "parse_data_efficiency",
     "prepare_corpus",

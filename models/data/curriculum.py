@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelConfigError, ModelError
+from .analyzer import DifficultyIndex
 
 __all__ = [
     "METRICS",
@@ -422,13 +423,26 @@ class CurriculumSampler:
     admits samples whose metric is <= the threshold; a `percentile` difficulty p admits the
     (N // max_difficulty) * p easiest samples (all N at p = max_difficulty), as DeepSpeed's
     sampler does. Several metrics: the intersection. `seqlen_truncate` truncates instead.
+
+    A curriculum of `seqlen_truncate` alone needs no index: `index` may then be the corpus's
+    `TokenData`, whose random windows of `block_size` tokens (the trainer's) are truncated.
     """
 
-    def __init__(self, index, metrics: tuple[CurriculumMetric, ...] | list[CurriculumMetric]
-                 ) -> None:
+    def __init__(self, index, metrics: tuple[CurriculumMetric, ...] | list[CurriculumMetric],
+                 block_size: int | None = None) -> None:
         self.index = index
         self.metrics = tuple(metrics)
         self.schedulers = {m.metric: CurriculumScheduler(m.schedule) for m in self.metrics}
+        self.block_size = block_size
+        if not isinstance(index, DifficultyIndex):
+            for m in self.metrics:
+                if m.metric != "seqlen_truncate":
+                    raise ModelConfigError(
+                        f"curriculum metric {m.name!r} needs the analyzer's index; run "
+                        "`tandem data analyze --data DIR` and pass its DifficultyIndex")
+            if block_size is None:
+                raise ModelConfigError("a seqlen_truncate curriculum over TokenData needs "
+                                       "block_size")
         for m in self.metrics:
             if m.metric != "seqlen_truncate" and m.metric not in index.metrics:
                 raise ModelConfigError(
@@ -472,9 +486,12 @@ class CurriculumSampler:
         """x, y (batch_size, T): admitted windows drawn uniformly (with replacement) by
         `generator`; T is block_size, or the seqlen_truncate difficulty when that is smaller."""
         thresholds = self.difficulties(step)
-        pool = self.eligible(thresholds)
-        picks = pool[torch.randint(len(pool), (batch_size,), generator=generator).numpy()]
-        x, y = self.index.windows(picks)
+        if isinstance(self.index, DifficultyIndex):
+            pool = self.eligible(thresholds)
+            picks = pool[torch.randint(len(pool), (batch_size,), generator=generator).numpy()]
+            x, y = self.index.windows(picks)
+        else:
+            x, y = self.index.batch("train", batch_size, self.block_size, generator)
         if "seqlen_truncate" in thresholds:
             x, y = truncate_batch(x, y, int(min(thresholds["seqlen_truncate"], x.shape[1])))
         return x, y

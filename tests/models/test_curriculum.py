@@ -12,7 +12,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.data import CurriculumSampler, CurriculumScheduler, analyze, parse_data_efficiency
+from models.data import (
+    CurriculumSampler,
+    CurriculumScheduler,
+    TokenData,
+    analyze,
+    parse_data_efficiency,
+)
 from models.data.analyzer import DifficultyIndex
 from models.data.curriculum import truncate_batch
 from models.errors import ModelConfigError, ModelError
@@ -283,6 +289,24 @@ def test_seqlen_truncate_shortens_windows_early(tmp_path):
     # curriculum step s + 1: floor(1 + 3 * (s + 1) / 6) -> steps 0..5 give 1, 2, 2, 3, 3, 4
     widths = [sampler.batch(s, 2, g)[0].shape[1] for s in range(6)]
     assert widths == [1, 2, 2, 3, 3, 4]
+
+
+def test_seqlen_truncate_alone_needs_no_index(tmp_path):
+    write_corpus(tmp_path)
+    data = TokenData(tmp_path)
+    metrics = parse_data_efficiency({"enabled": True, "data_sampling": {
+        "enabled": True, "curriculum_learning": {"enabled": True, "curriculum_metrics": {
+            "seqlen_truncate": _metric("s", "value", 8, 32, 4, 8)}}}}).curriculum.metrics
+    sampler = CurriculumSampler(data, metrics, block_size=32)
+    g = torch.Generator().manual_seed(0)
+    # curriculum step s + 1: floor(8 + 24 * (s + 1) / 4) -> 14, 20, 26, 32 -> multiples of 8
+    widths = [sampler.batch(s, 3, g)[0].shape[1] for s in range(5)]
+    assert widths == [8, 16, 24, 32, 32]
+    x, y = sampler.batch(0, 3, g)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    vocab = parse_data_efficiency(DS_CONFIG).curriculum.metrics
+    with pytest.raises(ModelConfigError, match="needs the analyzer's index"):
+        CurriculumSampler(data, vocab, block_size=32)
 
 
 def test_truncate_batch():
