@@ -123,7 +123,11 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
     lay = {k: r.offset for k, r in plan.layer_regions.items()}
     kvr = {k: r.offset for k, r in plan.kv_regions.items()}
     par = {k: vb["par"] + r.offset for k, r in plan.par.items()}
-    cp, hp, ip, hdp, hl = plan.cp, plan.hp, plan.ip, plan.hdp, plan.heads_local
+    cp, hp, ip, hdp = plan.cp, plan.hp, plan.ip, plan.hdp
+    hl = plan.head_counts[device]  # this device's heads
+    head0 = device * plan.heads_local  # its first head slot in the gathered heads
+    c_rows, i_rows = plan.c_counts[device], plan.i_counts[device]  # its output columns
+    qkv_rows = plan.qkv_rows_of(device)
     qkv_stride = plan.qkv_rows
     out_tokens = DESC.out_tokens(plan.shape.n_positions)
     head = hbm["wte"] if plan.shape.tied_head else hbm["lm_head"]
@@ -131,8 +135,8 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
     a = Asm()
 
     # the four weight matrices of a layer, as (region, ldb, rows, cols)
-    mats = {"c_attn": (plan.ldb_c, plan.qkv_rows, cp), "c_proj": (plan.ldb_h, plan.c_l, hp),
-            "c_fc": (plan.ldb_c, plan.i_l, cp), "c_fcproj": (plan.ldb_i, plan.c_l, ip)}
+    mats = {"c_attn": (plan.ldb_c, qkv_rows, cp), "c_proj": (plan.ldb_h, c_rows, hp),
+            "c_fc": (plan.ldb_c, i_rows, cp), "c_fcproj": (plan.ldb_i, c_rows, ip)}
     moe = plan.moe
     if moe is not None:
         mats["gate"] = (plan.ldb_c, moe.experts, cp)
@@ -237,7 +241,7 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
         a, plan, _o(vb["x"], R_XO), _o(vb["h"], R_XO), par["ln1_g"], par["ln1_b"]),
         {R_XO: cp})
     a.emit("MM", dst=_o(vb["qkv"]), src=_o(vb["h"]), w=_o(lay["c_attn"], R_WL),
-           ldb=plan.ldb_c, rows=_o(plan.qkv_rows), cols=_o(cp), ntok=_o(0, R_N),
+           ldb=plan.ldb_c, rows=_o(qkv_rows), cols=_o(cp), ntok=_o(0, R_N),
            dstride=qkv_stride, sstride=cp, bias=par["attn_b"], flags={"bias", "prefetched"},
            comment="QKV")
     branch_if_moe("qkv_moe")
@@ -274,15 +278,16 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
         for h in range(hl):
             _softmax(a, _o(vb["scores"] + h * plan.tp), _o(0, R_T))
         for h in range(hl):
-            head = device * hl + h
+            head = head0 + h
             a.emit("MM", dst=_o(vb["att"] + head * hdp, R_AO), src=_o(vb["scores"] + h * plan.tp),
                    w=_o(kvr[f"v{h}"], R_KV), ldb=plan.ldb_t, rows=_o(hdp), cols=_o(0, R_T),
                    ntok=_o(1), dstride=hdp, sstride=plan.tp, comment=f"attention head {h}")
 
     _token_loop(a, "attn_loop", attention, {R_QO: qkv_stride, R_AO: hp})
-    a.emit("ALLGATHER", base=_o(vb["att"]), slice=hl * hdp, stride=hp, count=_o(0, R_N))
+    a.emit("ALLGATHER", base=_o(vb["att"]), slice=plan.heads_local * hdp, stride=hp,
+           count=_o(0, R_N))
     a.emit("MM", dst=_o(vb["y"] + device * plan.c_lp), src=_o(vb["att"]),
-           w=_o(lay["c_proj"], R_WL), ldb=plan.ldb_h, rows=_o(plan.c_l), cols=_o(hp),
+           w=_o(lay["c_proj"], R_WL), ldb=plan.ldb_h, rows=_o(c_rows), cols=_o(hp),
            ntok=_o(0, R_N), dstride=cp, sstride=hp, bias=par["proj_b"],
            flags={"bias", "prefetched"}, comment="attention projection")
     branch_if_moe("proj_moe")  # an MoE block knows its experts only after the router
@@ -299,7 +304,7 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
     _token_loop(a, "ln2_loop", residual_ln2, {R_XO: cp})
     branch_if_moe("moe_ffn")
     a.emit("MM", dst=_o(vb["m"] + device * plan.i_lp), src=_o(vb["h"]),
-           w=_o(lay["c_fc"], R_WL), ldb=plan.ldb_c, rows=_o(plan.i_l), cols=_o(cp),
+           w=_o(lay["c_fc"], R_WL), ldb=plan.ldb_c, rows=_o(i_rows), cols=_o(cp),
            ntok=_o(0, R_N), dstride=ip, sstride=cp, bias=par["fc_b"],
            flags={"bias", "prefetched"}, comment="MLP up")
     # two ahead: the next layer's QKV, else the LM head, else the next pass's first QKV
@@ -310,7 +315,7 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
         "VGELU", dst=_o(m_local, R_AO), a=_o(m_local, R_AO), len=_o(plan.i_lp)), {R_AO: ip})
     a.emit("ALLGATHER", base=_o(vb["m"]), slice=plan.i_lp, stride=ip, count=_o(0, R_N))
     a.emit("MM", dst=_o(vb["y"] + device * plan.c_lp), src=_o(vb["m"]),
-           w=_o(lay["c_fcproj"], R_WL), ldb=plan.ldb_i, rows=_o(plan.c_l), cols=_o(ip),
+           w=_o(lay["c_fcproj"], R_WL), ldb=plan.ldb_i, rows=_o(c_rows), cols=_o(ip),
            ntok=_o(0, R_N), dstride=cp, sstride=ip, bias=par["fcproj_b"],
            flags={"bias", "prefetched"}, comment="MLP down")
     # two ahead: the next layer's projection; after the last layer, the next pass's first

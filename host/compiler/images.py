@@ -9,15 +9,9 @@ from hw.hbm import HbmImage
 from hw.layout import DESC
 
 from .moe import scalar_tables
-from .plan import Plan
+from .plan import Plan, slot_positions
 
-__all__ = ["build_image", "gapped"]
-
-
-def gapped(n: int, slices: int, slice_len: int, slice_padded: int) -> np.ndarray:
-    """Positions of the n = slices * slice_len values of a vector in its padded layout."""
-    f = np.arange(n)
-    return (f // slice_len) * slice_padded + f % slice_len
+__all__ = ["build_image"]
 
 
 def _fp16(t) -> np.ndarray:
@@ -36,11 +30,13 @@ def build_image(plan: Plan, state: dict, device: int) -> HbmImage:
     """`state`: a GPT-2 state dict (HF key names, `transformer.` prefix)."""
     cfg = plan.config
     s = plan.shape
-    d, dev = cfg.devices, device
-    c, hd, hl = s.n_embd, plan.hd, plan.heads_local
-    col_c = gapped(c, d, plan.c_l, plan.c_lp)  # hidden vector positions
-    col_h = (np.arange(c) // hd) * plan.hdp + np.arange(c) % hd  # heads-padded positions
-    col_i = gapped(s.n_inner, d, plan.i_l, plan.i_lp)
+    dev = device
+    c, hd = s.n_embd, plan.hd
+    col_c = np.array(slot_positions(plan.c_counts, plan.c_lp))  # hidden vector positions
+    # heads-padded positions: head g in its device's slot of heads_local heads of hdp
+    head_at = np.array(slot_positions(plan.head_counts, plan.heads_local))  # (n_head,)
+    col_h = head_at[np.arange(c) // hd] * plan.hdp + np.arange(c) % hd
+    col_i = np.array(slot_positions(plan.i_counts, plan.i_lp))
     image = HbmImage(cfg)
     image.write_i32(DESC.MAGIC, [DESC.MAGIC_VALUE])
     hbm = {k: r.offset for k, r in plan.hbm.items()}
@@ -61,30 +57,31 @@ def build_image(plan: Plan, state: dict, device: int) -> HbmImage:
     cmask[col_c] = 1
     image.write_vector(hbm["cmask"], cmask)
 
-    heads = range(dev * hl, (dev + 1) * hl)
+    hl = plan.head_counts[dev]
+    heads = range(plan.head_start(dev), plan.head_start(dev) + hl)
     qkv_src = [part * c + h * hd + np.arange(hd) for part in range(3) for h in heads]
     qkv_dst = [i * plan.hdp + np.arange(hd) for i in range(3 * hl)]
     qkv_src, qkv_dst = np.concatenate(qkv_src), np.concatenate(qkv_dst)
-    out_c = np.arange(dev * plan.c_l, (dev + 1) * plan.c_l)
-    out_i = np.arange(dev * plan.i_l, (dev + 1) * plan.i_l)
+    out_c = np.arange(plan.c_start(dev), plan.c_start(dev) + plan.c_counts[dev])
+    out_i = np.arange(plan.i_start(dev), plan.i_start(dev) + plan.i_counts[dev])
     for layer in range(s.n_layer):
         p = f"transformer.h.{layer}."
         base = hbm["layers"] + layer * plan.layer_stride
         lay = {k: base + r.offset for k, r in plan.layer_regions.items()}
 
         w_attn = t(p + "attn.c_attn.weight").T  # (3C out, C in)
-        rows = np.zeros((plan.qkv_rows, s.n_embd), np.float16)
+        rows = np.zeros((plan.qkv_rows_of(dev), s.n_embd), np.float16)
         rows[qkv_dst] = w_attn[qkv_src]
         image.write_matrix(lay["c_attn"], plan.ldb_c, _place(rows, col_c, plan.cp))
-        w_proj = t(p + "attn.c_proj.weight").T[out_c]  # (c_l out, C in)
+        w_proj = t(p + "attn.c_proj.weight").T[out_c]  # (this device's columns, C in)
         image.write_matrix(lay["c_proj"], plan.ldb_h, _place(w_proj, col_h, plan.hp))
         is_moe = plan.moe is not None and layer in plan.moe.layers
         if is_moe:
             _write_moe_layer(image, plan, state, layer, dev, lay, col_c)
         else:
-            w_fc = t(p + "mlp.c_fc.weight").T[out_i]  # (i_l out, C in)
+            w_fc = t(p + "mlp.c_fc.weight").T[out_i]  # (this device's columns, C in)
             image.write_matrix(lay["c_fc"], plan.ldb_c, _place(w_fc, col_c, plan.cp))
-            w_fcproj = t(p + "mlp.c_proj.weight").T[out_c]  # (c_l out, I in)
+            w_fcproj = t(p + "mlp.c_proj.weight").T[out_c]  # (this device's columns, I in)
             image.write_matrix(lay["c_fcproj"], plan.ldb_i, _place(w_fcproj, col_i, plan.ip))
 
         fields = {k: np.zeros(r.size, np.float16) for k, r in plan.par.items()}
@@ -92,10 +89,10 @@ def build_image(plan: Plan, state: dict, device: int) -> HbmImage:
             fields[f"{name}_g"][col_c] = t(p + f"{key}.weight")
             fields[f"{name}_b"][col_c] = t(p + f"{key}.bias")
         fields["attn_b"][qkv_dst] = t(p + "attn.c_attn.bias")[qkv_src]
-        fields["proj_b"][: plan.c_l] = t(p + "attn.c_proj.bias")[out_c]
+        fields["proj_b"][: len(out_c)] = t(p + "attn.c_proj.bias")[out_c]
         if not is_moe:
-            fields["fc_b"][: plan.i_l] = t(p + "mlp.c_fc.bias")[out_i]
-            fields["fcproj_b"][: plan.c_l] = t(p + "mlp.c_proj.bias")[out_c]
+            fields["fc_b"][: len(out_i)] = t(p + "mlp.c_fc.bias")[out_i]
+            fields["fcproj_b"][: len(out_c)] = t(p + "mlp.c_proj.bias")[out_c]
         words = max(r.offset + r.size for r in plan.par.values())
         par = np.zeros(-(-words // cfg.align) * cfg.align, np.float16)
         for k, r in plan.par.items():

@@ -1,18 +1,32 @@
 """How a GPT-2 maps onto D devices: partition, padded layouts, vector-buffer and HBM plans.
 
-Partitioning follows DFX. Attention is split by heads (device d owns heads
-d*H/D .. (d+1)*H/D - 1 and their KV cache). Every fully-connected layer is split by output
+Partitioning follows DFX. Attention is split by heads: device d owns `head_counts[d]`
+consecutive heads and their KV cache; when D does not divide the head count the first devices
+take one more (25 heads on 4 devices: 7/6/6/6). Every fully-connected layer is split by output
 columns, so each output element is computed whole on one device, in the lane's fixed order, and
 the slices go round the ring (ALLGATHER) so that every device holds the whole vector. No partial
-sums cross devices, so the tokens are bit-identical for every device count.
+sums cross devices.
 
-Padded layouts keep every vector slice aligned to `align` = max(lane_width, vector_width):
-- a hidden vector (C values) is D slices of C/D values, each padded to `c_lp`: `cp` = D * c_lp
-  words, the gaps always zero;
-- each attention head's q/k/v/output is padded from `hd` to `hdp`;
-- the MLP hidden vector is D slices of I/D values padded to `i_lp`: `ip` = D * i_lp.
-Zero rows and columns in the weight images keep the gaps zero; LayerNorm multiplies its centred
-vector by `cmask` (1 for values, 0 for gaps) when gaps exist, so they never reach a variance.
+A vector of n values (the hidden vector, n = C; the MLP's, n = I) is split in whole beats of
+`align` = max(lane_width, vector_width) values: its ceil(n / align) beats go to the devices
+as evenly as they divide, the first devices taking one more, so only the last device's last
+beat can be partial. Each device's share sits in a slot of the largest share's size, because
+ALLGATHER moves the same `slice` from every device: the hidden vector is D slots of `c_lp`
+words (`cp` = D * c_lp), the MLP's D slots of `i_lp` (`ip` = D * i_lp), the heads D slots of
+`heads_local` heads (each head's q/k/v/output padded from `hd` to `hdp`: `hp` =
+D * heads_local * hdp). A device whose share is smaller leaves the end of its slot zero: it
+never writes there, and zero weight rows and columns in the images keep it zero. LayerNorm
+multiplies its centred vector by `cmask` (1 for values, 0 for gaps) when gaps exist, so they
+never reach a variance.
+
+Why whole beats: a lane sums each beat of products in a fixed tree and then the beats in order
+(`hw.numerics.dot`). Splitting in whole beats puts every value at the same place inside its
+beat for every device count, and the gaps are whole beats of zeros, which add exactly; so every
+dot product, reduction and hence every token and logit is bit-identical for every device
+count (up to the sign of a sum that is exactly zero). When D * align divides n this is the even
+split of n / D values per device with no gaps. The first device always holds the largest share
+of heads, columns and vocabulary rows, so it is the slowest one, the one a timing-only run
+simulates.
 """
 
 from __future__ import annotations
@@ -35,6 +49,30 @@ class CompileError(UsageError):
 
 def _up(x: int, m: int) -> int:
     return -(-x // m) * m
+
+
+def split_counts(n: int, parts: int) -> list[int]:
+    """n items over `parts` devices, as evenly as they divide, the first devices taking one
+    more: 25 over 4 -> [7, 6, 6, 6]."""
+    return [n // parts + (k < n % parts) for k in range(parts)]
+
+
+def _split_beats(n: int, devices: int, align: int, what: str) -> tuple[list[int], int]:
+    """n values split in whole beats of `align`: (values on each device, slot words)."""
+    beats = -(-n // align)
+    if beats < devices:
+        raise CompileError(f"{what} ({n}) is {beats} beat(s) of {align} values and is split "
+                           f"in whole beats; it cannot be split over {devices} devices")
+    shares = split_counts(beats, devices)
+    starts = [align * sum(shares[:k]) for k in range(devices)]
+    counts = [min(n - start, share * align) for start, share in zip(starts, shares, strict=True)]
+    return counts, shares[0] * align
+
+
+def slot_positions(counts: list[int], slot: int) -> list[int]:
+    """Where the values of a split vector sit in its slotted layout: device k's counts[k]
+    values start at k * slot."""
+    return [k * slot + j for k, count in enumerate(counts) for j in range(count)]
 
 
 @dataclass(frozen=True)
@@ -117,7 +155,7 @@ class Region:
 class Plan:
     shape: ModelShape
     config: AccelConfig
-    # partition (per device)
+    # partition (per device); heads_local, c_l and i_l are the largest shares
     heads_local: int
     hd: int
     hdp: int
@@ -132,6 +170,9 @@ class Plan:
     tp: int  # n_positions padded to align
     vocab_local: int  # wte rows per device slice (a multiple of the port count)
     vocab_rows: list[int]  # real vocabulary rows on each device
+    head_counts: list[int]  # heads on each device
+    c_counts: list[int]  # hidden-vector values (rows of c_proj, c_fcproj) on each device
+    i_counts: list[int]  # MLP values (rows of c_fc) on each device
     chunk: int  # most tokens one pass processes (prefill chunk)
     gaps: bool  # padded layouts contain gaps (LayerNorm needs cmask)
     # beats per row of each matrix
@@ -153,6 +194,22 @@ class Plan:
     def devices(self) -> int:
         return self.config.devices
 
+    def head_start(self, device: int) -> int:
+        """The first (global) head of `device`."""
+        return sum(self.head_counts[:device])
+
+    def c_start(self, device: int) -> int:
+        """The first hidden-vector value (output column) of `device`."""
+        return sum(self.c_counts[:device])
+
+    def i_start(self, device: int) -> int:
+        """The first MLP value (output column of c_fc) of `device`."""
+        return sum(self.i_counts[:device])
+
+    def qkv_rows_of(self, device: int) -> int:
+        """Rows of `device`'s QKV matrix: q, k and v of each of its heads, padded."""
+        return 3 * self.head_counts[device] * self.hdp
+
     def summary(self) -> dict:
         out = {k: v for k, v in asdict(self).items()
                if k not in ("shape", "config", "vbuf", "hbm", "layer_regions", "kv_regions",
@@ -172,18 +229,20 @@ def make_plan(shape: ModelShape, config: AccelConfig, max_chunk: int = 128,
     if shape.activation != "tanh":
         raise CompileError("the accelerator's GELU is the tanh form (GPT-2's gelu_new); "
                            "this model uses the erf form")
-    if shape.n_head % d:
-        raise CompileError(f"n_head ({shape.n_head}) is not divisible by devices ({d}); "
-                           "attention is split by heads")
-    if shape.n_inner % d:
-        raise CompileError(f"the MLP width ({shape.n_inner}) is not divisible by devices ({d})")
-    hl = shape.n_head // d
+    if shape.n_embd % shape.n_head:
+        raise CompileError(f"n_embd ({shape.n_embd}) is not divisible by n_head "
+                           f"({shape.n_head}); every head must be equally wide")
+    if shape.n_head < d:
+        raise CompileError(f"n_head ({shape.n_head}) is fewer than devices ({d}); attention "
+                           "is split by heads, at least one per device")
+    head_counts = split_counts(shape.n_head, d)
+    c_counts, c_lp = _split_beats(shape.n_embd, d, a, "n_embd")
+    i_counts, i_lp = _split_beats(shape.n_inner, d, a, "the MLP width")
+    hl = head_counts[0]
     hd = shape.head_dim
     hdp = _up(hd, a)
-    c_l = shape.n_embd // d
-    c_lp = _up(c_l, a)
-    i_l = shape.n_inner // d
-    i_lp = _up(i_l, a)
+    c_l = c_counts[0]
+    i_l = i_counts[0]
     vocab_local = _up(-(-shape.vocab_size // d), config.hbm_ports)
     vocab_rows = [max(0, min(vocab_local, shape.vocab_size - k * vocab_local)) for k in range(d)]
     if min(vocab_rows) == 0:
@@ -191,9 +250,10 @@ def make_plan(shape: ModelShape, config: AccelConfig, max_chunk: int = 128,
                            f"devices of {config.hbm_ports} ports; use fewer devices")
     p = Plan(
         shape=shape, config=config, heads_local=hl, hd=hd, hdp=hdp, c_l=c_l, c_lp=c_lp,
-        cp=d * c_lp, i_l=i_l, i_lp=i_lp, ip=d * i_lp, hp=shape.n_head * hdp,
+        cp=d * c_lp, i_l=i_l, i_lp=i_lp, ip=d * i_lp, hp=d * hl * hdp,
         qkv_rows=3 * hl * hdp, tp=_up(shape.n_positions, a), vocab_local=vocab_local,
-        vocab_rows=vocab_rows, chunk=0, gaps=(c_lp != c_l),
+        vocab_rows=vocab_rows, head_counts=head_counts, c_counts=c_counts, i_counts=i_counts,
+        chunk=0, gaps=(d * c_lp != shape.n_embd),
         ldb_c=0, ldb_h=0, ldb_i=0, ldb_hd=0, ldb_t=0,
     )
     p.ldb_c, p.ldb_h, p.ldb_i = p.cp // w, p.hp // w, p.ip // w

@@ -64,10 +64,10 @@ def kv_writes(plan: Plan, kv: KvCache, device: int) -> Iterator[tuple[int, int, 
         return
     cfg = plan.config
     ports, beat = cfg.hbm_ports, cfg.beat_bytes
-    hd, hdp, hl = plan.hd, plan.hdp, plan.heads_local
+    hd, hdp = plan.hd, plan.hdp
     for layer, (k_all, v_all) in enumerate(kv):
-        for h in range(hl):
-            g = device * hl + h  # global head
+        for h in range(plan.head_counts[device]):
+            g = plan.head_start(device) + h  # global head
             k_base, v_base = _bases(plan, layer, h)
             k = np.zeros((t, plan.ldb_hd * cfg.lane_width), np.float16)  # (T, hdp padded)
             k[:, :hd] = np.asarray(k_all[g], np.float32).astype(np.float16)
@@ -103,8 +103,8 @@ def read_kv(images, plan: Plan, positions: int) -> list[tuple[np.ndarray, np.nda
         k = np.zeros((s.n_head, positions, plan.hd), np.float16)
         v = np.zeros((s.n_head, positions, plan.hd), np.float16)
         for d in range(plan.devices):
-            for h in range(plan.heads_local):
-                g = d * plan.heads_local + h
+            for h in range(plan.head_counts[d]):
+                g = plan.head_start(d) + h
                 k_base, v_base = _bases(plan, layer, h)
                 k[g] = images[d].read_matrix(k_base, plan.ldb_hd, positions, plan.hd)
                 v[g] = images[d].read_matrix(v_base, plan.ldb_t, plan.hd, positions).T

@@ -6,11 +6,14 @@ when the last device is ready. Devices that reach different instructions, or hal
 wait, have diverged: that is a compiler bug and raises `DeviceError`.
 
 `symmetric=True` (timing only) simulates device 0 alone and times collectives as if every
-device arrived when it did: exact when all devices run the same instruction stream, which the
-compiler guarantees for dense models (the shapes are the same on every device; only the LM
-head's last slice may be shorter, and device 0 always holds a full one). MoE programs branch
-on where the chosen experts live, so their devices' streams differ between collectives; the
-compiler refuses timing-only MoE compiles, and functional runs simulate every device.
+device arrived when it did: exact for dense models, where device 0 is the last to reach every
+collective: the compiler gives it the largest share of everything (heads, output columns, LM
+head rows; when the device count does not divide them the others hold as many or one fewer,
+see `host.compiler.plan`), so the others run the same instruction sequence on shapes no larger,
+or fewer per-head instructions (a test checks the cycles against all devices simulated). MoE
+programs branch on where the chosen experts live, so their devices' streams differ between
+collectives; the compiler refuses timing-only MoE compiles, and functional runs simulate every
+device.
 """
 
 from __future__ import annotations
