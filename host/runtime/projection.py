@@ -22,8 +22,11 @@ _GPT2 = {"vocab_size": 50257, "n_positions": 1024}
 MODEL_SHAPES: dict[str, ModelShape] = {
     "gpt2-345m": ModelShape(n_embd=1024, n_layer=24, n_head=16, n_inner=4096, **_GPT2),
     "gpt2-774m": ModelShape(n_embd=1280, n_layer=36, n_head=20, n_inner=5120, **_GPT2),
+    # GPT-2 XL (the real 1.5B): 25 heads of 64; on 4 devices the heads split 7/6/6/6
     "gpt2-1.5b": ModelShape(n_embd=1600, n_layer=48, n_head=25, n_inner=6400, **_GPT2),
-    # the variant DFX evaluated: 24 heads of 64 so that 4 devices split it evenly
+    # NOT GPT-2 XL: 1536 wide, 24 heads of 64 (7% fewer weight bytes), a shape 4 devices split
+    # evenly, kept from before the compiler split heads unevenly; no source here confirms that
+    # DFX ran this shape rather than XL
     "dfx-1.5b": ModelShape(n_embd=1536, n_layer=48, n_head=24, n_inner=6144, **_GPT2),
 }
 
