@@ -6,14 +6,22 @@ code}}`:
 
 | status | when |
 |---|---|
-| 400 | malformed JSON, a missing/ill-typed/unsupported field, an empty prompt, a prompt +
-        max_tokens beyond the context, a model name this server does not serve |
-| 404, 405 | an unknown path or method |
+| 400 | malformed JSON (also nested deeper than 16 levels, or with a lone surrogate), a
+        missing/ill-typed/unsupported field, an empty prompt, a prompt + max_tokens beyond
+        the context (a prompt text too long to fit is refused before it is tokenized) |
+| 404 | a model name this server does not serve (`model_not_found`); an unknown path |
+| 405 | an unknown method |
+| 408 | the request body did not arrive within `read_timeout_s` |
 | 413 | a body above `max_body_bytes` |
 | 429 | the queue is full (`Retry-After` says when to try again) |
 | 500 | the backend failed |
-| 503 | timed out waiting in the queue (`Retry-After`), or the server is shutting down |
+| 503 | timed out waiting in the queue (`Retry-After`), the server is shutting down, or every
+        connection has a request in progress (see `protocol`) |
 | 504 | timed out generating (the limit is queue wait + generation) |
+
+`prompt` may be a list of prompts (texts or token-id lists): each is one job in the queue,
+queued together or not at all, and one choice (`index` in prompt order); they run in order,
+and a streamed answer sends each choice's chunks in turn.
 
 A streamed request has its status decided before the first byte: it waits for the backend
 (or fails with the codes above), then streams 200 with one `data: {chunk}` per token, a last

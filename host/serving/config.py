@@ -16,15 +16,13 @@ __all__ = ["ServeConfig"]
 class ServeConfig:
     host: str = "127.0.0.1"  #: address to listen on (0.0.0.0 for every interface)
     port: int = 8000  #: TCP port; 0 picks a free one and prints it
-    queue_size: int = 16  #: requests that may wait while one runs; one more is answered 429
+    queue_size: int = 16  #: prompts that may wait while one runs; more are answered 429
     request_timeout_s: float = 120.0  #: limit on queue wait + generation per request
     max_body_bytes: int = 1_000_000  #: largest request body accepted; larger is answered 413
     keep_alive_s: int = 5  #: idle HTTP keep-alive before the server closes the connection
     read_timeout_s: float = 10.0  #: time a client has to send its request head, and its body
     shutdown_timeout_s: int = 30  #: on SIGINT/SIGTERM, wait this long for requests in flight
-    #: open connections at most: beyond it the longest-idle one is closed (a slow or silent
-    #: client cannot hold the server); requests in progress beyond it are answered 503
-    max_connections: int = 256
+    max_connections: int = 256  #: open connections; beyond it the longest-idle one is closed
     model_name: str = ""  #: the `model` clients name; default: the checkpoint's folder name
 
     def __post_init__(self) -> None:
