@@ -172,3 +172,92 @@ def test_data_and_eval_commands(tmp_path, capsys):
     assert 4.0 < result["loss"] < 7.0
     assert main(["data", "--out", str(tmp_path / "d"), "--vocab-size", "100"]) == 2
     assert "vocab_size must be in 258..65535" in capsys.readouterr().err
+
+
+# -- issue 12: inputs that ended in a traceback, silent nonsense or a misleading message ------
+
+
+def _bad_config(tmp_path, raw: str):
+    path = tmp_path / "accel.json"
+    path.write_text('{"name": "x", "clock_mhz": ' + raw + '}')
+    return str(path)
+
+
+HARDENING = [
+    ("seed-overflow", ["--seed", "99999999999999999999999", "--temperature", "1"],
+     "--seed must be in 0..2**64-1"),
+    ("temperature-nan", ["--temperature", "nan"], "--temperature must be a finite number >= 0"),
+    ("temperature-inf", ["--temperature", "inf"], "--temperature must be a finite number >= 0"),
+    ("not-utf8", ["--prompt", "\udcff"], "--prompt is not valid UTF-8"),
+    ("config-string", ["--backend", "isa", "--config", '"300"'],
+     "clock_mhz must be a number, not '300'"),
+    ("config-null", ["--backend", "isa", "--config", "null"], "clock_mhz must be a number"),
+    ("config-nan", ["--backend", "isa", "--config", "NaN"], "clock_mhz must be a finite number"),
+    ("config-1e999", ["--backend", "isa", "--config", "1e999"],
+     "clock_mhz must be a finite number"),
+    ("torch-devices", ["--devices", "2"], "--devices applies to the accelerator backends"),
+    ("torch-config", ["--config", "u280"], "--config applies to the accelerator backends"),
+    ("model-file", ["--model", "<file>"], "is a file, not a checkpoint directory"),
+    ("tokenizer-bogus", ["--tokenizer", "bogus"], "--tokenizer 'bogus' is neither auto, gpt2"),
+    ("missing-value", ["--max-new-tokens"], "tandem generate: error: argument --max-new-tokens"),
+    ("epsilon-x", ["--model", "<eps>"], "layer_norm_epsilon must be a number, not 'x'"),
+]
+
+
+@pytest.mark.parametrize(("case", "flags", "message"), HARDENING, ids=[c[0] for c in HARDENING])
+def test_hardened_generate_inputs_are_one_line_exit_2(tmp_path, tiny_checkpoint, capsys, case,
+                                                       flags, message):
+    args = {"--model": str(tiny_checkpoint), "--prompt": "x = 1", "--max-new-tokens": "2"}
+    flags = list(flags)
+    if "--config" in flags and flags[flags.index("--config") + 1] not in ("u280", "tiny"):
+        i = flags.index("--config") + 1
+        flags[i] = _bad_config(tmp_path, flags[i])
+    if "<file>" in flags:
+        flags[flags.index("<file>")] = str(tiny_checkpoint / "config.json")
+    if "<eps>" in flags:
+        bad = tmp_path / "eps"
+        shutil.copytree(tiny_checkpoint, bad)
+        config = json.loads((bad / "config.json").read_text())
+        config["layer_norm_epsilon"] = "x"
+        (bad / "config.json").write_text(json.dumps(config))
+        flags[flags.index("<eps>")] = str(bad)
+    for i in range(0, len(flags) - 1, 2):
+        args.pop(flags[i], None)
+    argv = ["generate", *[x for kv in args.items() for x in kv], *flags]
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    assert code == 2
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1, out.err
+    assert message in lines[0]
+    assert lines[0].startswith("tandem generate: error: ")
+    assert "Traceback" not in out.err
+    assert out.out == ""  # nothing printed before the refusal
+
+
+def test_perf_refuses_a_bad_config_value(tmp_path, capsys):
+    assert main(["perf", "--config", _bad_config(tmp_path, '"300"')]) == 2
+    assert "clock_mhz must be a number, not '300'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("temperature", ["1e-50", "1e-300"])
+def test_tiny_temperatures_are_the_greedy_limit(tiny_checkpoint, capsys, temperature):
+    """They divided the logits into infinities (NaN probabilities); now they sample as the limit
+    of temperature -> 0 does: the argmax."""
+    common = ["generate", "--model", str(tiny_checkpoint), "--prompt-ids", "1,2,3",
+              "--max-new-tokens", "4", "--json"]
+    assert main([*common, "--temperature", temperature, "--seed", "3"]) == 0
+    tiny = json.loads(capsys.readouterr().out)["tokens"]
+    assert main(common) == 0
+    assert tiny == json.loads(capsys.readouterr().out)["tokens"]
+
+
+def test_isa_refusal_prints_no_prompt(tiny_checkpoint, capsys):
+    assert main(["generate", "--model", str(tiny_checkpoint), "--prompt", "import os",
+                 "--backend", "isa", "--temperature", "1", "--max-new-tokens", "1"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "use --temperature 0" in out.err
