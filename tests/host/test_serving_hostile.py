@@ -104,12 +104,31 @@ def test_slowloris_connections_do_not_starve_real_clients(tiny_checkpoint):
         assert len(body["choices"][0]["tandem"]["tokens"]) == 2
 
 
-def test_a_trickled_request_head_is_cut_off_after_read_timeout(tiny_checkpoint):
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+@pytest.mark.parametrize("after_a_request", [False, True], ids=["fresh", "keep-alive"])
+def test_a_trickled_request_head_is_cut_off_after_read_timeout(tiny_checkpoint,
+                                                              after_a_request):
     """A client that sends its head one byte at a time (each byte well inside any idle
-    timeout) is disconnected once read_timeout_s has passed since it connected."""
-    with running(tiny_checkpoint, read_timeout_s=1.0) as (server, _):
+    timeout) is disconnected once read_timeout_s has passed since it began to send it: on a
+    new connection, and on a kept-alive one after a first request (where each byte used to
+    cancel uvicorn's keep-alive timer)."""
+    with running(tiny_checkpoint, read_timeout_s=1.0, keep_alive_s=1) as (server, _):
         head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
         with socket.create_connection(_address(server.url), timeout=5) as sock:
+            if after_a_request:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert _read_response(sock).startswith(b"HTTP/1.1 200")
             begun = time.monotonic()
             closed_after = None
             for byte in head:
