@@ -8,6 +8,13 @@ specification the accelerator implements.
 Contract: `forward(input_ids, past=None) -> (logits, present)` where `present` holds one
 `(k, v)` pair per layer, each (B, n_head, T_past + T, head_dim); passing it back as `past` continues
 the sequence, and equals running the whole sequence at once.
+
+Kernels: `GPT2LMHead(config, kernels="torch" | "triton" | "auto")` (not part of the checkpoint
+config). "torch" is the written-out arithmetic below. "triton" runs attention, LayerNorm, the
+FFN's bias + GELU and (in `lm_loss`) the LM head + cross-entropy on the fused `gpu_kernels`
+(FlashAttention-2 and friends) wherever Triton can run, and on their torch references elsewhere;
+"auto" is "triton" on CUDA and "torch" elsewhere. Both paths compute the same function: the
+tests bound the difference of logits and gradients.
 """
 
 from __future__ import annotations
@@ -20,12 +27,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpu_kernels import (
+    bias_gelu,
+    cross_entropy,
+    flash_attention,
+    layer_norm,
+    resolve_kernels,
+)
+
 from . import checkpoint
 from .config import ACTIVATIONS, GPT2Config
 from .errors import PromptError
 from .sampling import sample_next
 
-__all__ = ["GPT2LMHead", "GPT2Model", "KVCache"]
+__all__ = ["GPT2LMHead", "GPT2Model", "KVCache", "LayerNorm"]
 
 #: One (k, v) pair per layer, each (B, n_head, T, head_dim).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -46,7 +61,26 @@ class Projection(nn.Module):
         )
 
 
-class Attention(nn.Module):
+class _Kernels:
+    """Mixin: `kernels` ("torch" | "triton" | "auto", set by GPT2LMHead.set_kernels) and
+    whether the fused path runs for a tensor on a given device."""
+
+    kernels: str = "torch"
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        return self.kernels != "torch" and resolve_kernels(self.kernels, x.device) == "triton"
+
+
+class LayerNorm(_Kernels, nn.LayerNorm):
+    """nn.LayerNorm (same parameters and keys) that runs gpu_kernels.layer_norm when fused."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused(x):
+            return layer_norm(x.contiguous(), self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+class Attention(_Kernels, nn.Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         self.n_head = config.n_head
@@ -63,6 +97,9 @@ class Attention(nn.Module):
             k = torch.cat((past[0], k), dim=2)
             v = torch.cat((past[1], v), dim=2)
         T_all = k.shape[2]
+        if self._fused(x):  # FlashAttention-2; query i sits at T_all - T + i
+            y = flash_attention(q, k, v, causal=True, past_len=T_all - T)  # (B, nh, T, hs)
+            return self.c_proj(y.transpose(1, 2).reshape(B, T, C)), (k, v)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])  # (B, nh, T, T_all)
         # Query i sits at absolute position T_all - T + i and sees keys 0..that position.
         causal = torch.ones(T, T_all, dtype=torch.bool, device=x.device).tril(T_all - T)
@@ -71,7 +108,7 @@ class Attention(nn.Module):
         return self.c_proj(y), (k, v)
 
 
-class MLP(nn.Module):
+class MLP(_Kernels, nn.Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         self.c_fc = Projection(config.n_embd, config.inner_dim)
@@ -79,6 +116,9 @@ class MLP(nn.Module):
         self.approximate = "tanh" if ACTIVATIONS[config.activation_function] == "tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fused(x):  # x @ W, then bias + GELU in one pass
+            h = (x.reshape(-1, x.shape[-1]) @ self.c_fc.weight).view(*x.shape[:-1], -1)
+            return self.c_proj(bias_gelu(h, self.c_fc.bias, self.approximate))
         return self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate))
 
 
@@ -87,9 +127,9 @@ class Block(nn.Module):
 
     def __init__(self, config: GPT2Config, mlp: nn.Module | None = None) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.attn = Attention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = mlp if mlp is not None else MLP(config)
 
     def forward(self, x, past):
@@ -106,7 +146,7 @@ class GPT2Model(nn.Module):
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.h = nn.ModuleList(blocks if blocks is not None else
                                [Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         for emb in (self.wte, self.wpe):
             nn.init.normal_(emb.weight, std=0.02)
 
@@ -130,25 +170,57 @@ class GPT2LMHead(nn.Module):
 
     config_class = GPT2Config
 
-    def __init__(self, config: GPT2Config, transformer: GPT2Model | None = None) -> None:
+    def __init__(self, config: GPT2Config, transformer: GPT2Model | None = None, *,
+                 kernels: str = "torch") -> None:
         super().__init__()
         self.config = config
         self.transformer = transformer if transformer is not None else GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
+        self.set_kernels(kernels)
+
+    def set_kernels(self, kernels: str) -> None:
+        """Choose the kernels: "torch", "triton" or "auto" (see the module docstring)."""
+        resolve_kernels(kernels, "cpu")  # validates the name
+        self.kernels = kernels
+        for module in self.modules():
+            if hasattr(module, "kernels"):  # the _Kernels modules and MoE layers
+                module.kernels = kernels
 
     def forward(
         self, input_ids: torch.Tensor, past: KVCache | None = None
     ) -> tuple[torch.Tensor, KVCache]:
         """input_ids (B, T) -> logits (B, T, vocab_size), present."""
+        h, present = self.final_hidden(input_ids, past)
+        return self.lm_head(h), present
+
+    def final_hidden(
+        self, input_ids: torch.Tensor, past: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """input_ids (B, T) -> the hidden states after ln_f (B, T, n_embd), present."""
         T_total = input_ids.shape[1] + (0 if past is None else past[0][0].shape[2])
         if T_total > self.config.n_positions:
             raise PromptError(
                 f"sequence of {T_total} tokens exceeds n_positions={self.config.n_positions}"
             )
-        h, present = self.transformer(input_ids, past)
-        return self.lm_head(h), present
+        return self.transformer(input_ids, past)
+
+    def lm_loss(self, input_ids: torch.Tensor, targets: torch.Tensor,
+                ignore_index: int = -100) -> torch.Tensor:
+        """Mean cross-entropy of the next-token logits against targets (B, T), in FP32.
+
+        The torch path is `F.cross_entropy(logits.float(), targets)`. The fused path feeds the
+        final hidden states and the LM head's weight to `gpu_kernels.cross_entropy`, which
+        never materialises the (B * T, vocab_size) logits.
+        """
+        h, _ = self.final_hidden(input_ids)  # (B, T, C)
+        if self.kernels != "torch" and resolve_kernels(self.kernels, h.device) == "triton":
+            return cross_entropy(h.reshape(-1, h.shape[-1]), self.lm_head.weight,
+                                 targets.reshape(-1), ignore_index)
+        logits = self.lm_head(h)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                               ignore_index=ignore_index)
 
     # -- generation ---------------------------------------------------------------------------
 

@@ -13,6 +13,13 @@ a value back to the host (capacity comes from shapes; see `gates` for the drople
 With ep_size > 1 the layer holds E / ep_size experts (`experts.j` is global expert
 ep_rank * E / ep_size + j) and exchanges the buffer with an all-to-all over its EP group.
 
+Dropless mode (`dropless=True`, MegaBlocks' idea without its block-sparse matrices): the gate
+never drops a token, and the experts (GPT-2 MLPs) run without any capacity buffer: `permute`
+sorts the routed token copies by expert, two `grouped_gemm`s with a bias + GELU between them
+run every expert on exactly its rows, and `unpermute` puts the rows back, weighted by the gate.
+With `kernels` "triton" (or "auto" on CUDA) those are the fused `gpu_kernels`; with "torch"
+their torch references (a loop over experts). Expert parallelism (ep_size > 1) keeps the buffer.
+
 Residual MoE (DeepSpeed-MoE, PR-MoE): with `use_residual` a dense copy of the expert runs on
 every token beside the MoE and a learned softmax coefficient mixes the two per token:
 out = c0 * moe(x) + c1 * mlp(x), [c0, c1] = softmax(x @ coefficient).
@@ -25,10 +32,22 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gpu_kernels import (
+    bias_gelu,
+    grouped_gemm,
+    grouped_gemm_reference,
+    permute,
+    permute_reference,
+    resolve_kernels,
+    unpermute,
+    unpermute_reference,
+)
+
 from ..errors import ModelConfigError
-from ..gpt2 import Projection
+from ..gpt2 import MLP, Projection
 from .gates import Routing
 from .parallel import all_to_all
 from .router import Router, TopKGate
@@ -67,8 +86,19 @@ class MoE(nn.Module):
         top2_2nd_expert_sampling: bool = True,
         gate: Router | None = None,
         ep_group=None,
+        dropless: bool = False,
+        kernels: str = "torch",
     ) -> None:
         super().__init__()
+        if dropless:
+            if ep_size != 1:
+                raise ModelConfigError(
+                    f"dropless MoE runs on one expert-parallel rank; ep_size is {ep_size}")
+            if not isinstance(expert, MLP):
+                raise ModelConfigError(
+                    "dropless MoE needs GPT-2 MLP experts (c_fc, GELU, c_proj), not "
+                    f"{type(expert).__name__}")
+            drop_tokens, eval_drop_tokens = False, False
         if not isinstance(num_experts, int) or num_experts < 1:
             raise ModelConfigError(f"num_experts must be a positive integer, not {num_experts!r}")
         if not isinstance(ep_size, int) or ep_size < 1:
@@ -90,6 +120,9 @@ class MoE(nn.Module):
         self.num_local_experts = num_experts // ep_size
         self.gate = gate
         self.experts = nn.ModuleList(copy.deepcopy(expert) for _ in range(self.num_local_experts))
+        self.dropless = dropless
+        self.kernels = kernels
+        resolve_kernels(kernels, "cpu")  # validates the name
         self.use_residual = use_residual
         if use_residual:
             self.residual_mlp = copy.deepcopy(expert)
@@ -117,6 +150,8 @@ class MoE(nn.Module):
         the experts of this rank's position in `ep_group`, drop the rest."""
         if self.ep_size != 1:
             raise ModelConfigError("shard_experts needs a layer that holds all experts (ep_size 1)")
+        if self.dropless:
+            raise ModelConfigError("a dropless MoE layer cannot be sharded over experts")
         size = dist.get_world_size(group=ep_group)
         if self.num_experts % size:
             raise ModelConfigError(
@@ -147,7 +182,20 @@ class MoE(nn.Module):
             used_token = used_token.reshape(-1)
         gate_out = self.gate(x, used_token, generator)
         r = gate_out.routing
+        if self.dropless:
+            out = self._grouped_experts(x, r)
+        else:
+            out = self._buffered_experts(x, r)
+        if self.use_residual:
+            coef = self.coefficient(x).float().softmax(dim=-1).to(x.dtype)  # (S, 2)
+            out = out * coef[:, 0:1] + self.residual_mlp(x) * coef[:, 1:2]
+        return MoEOutput(out=out.view(hidden_states.shape), l_aux=r.l_aux,
+                         z_loss=gate_out.z_loss, exp_counts=r.exp_counts, routing=r)
+
+    def _buffered_experts(self, x: Tensor, r: Routing) -> Tensor:
+        """x (S, M) -> combined expert outputs (S, M) through the (E * C, M) capacity buffer."""
         S, K = r.expert.shape
+        M = x.shape[1]
         E, C = self.num_experts, r.capacity
 
         trash = E * C  # dropped choices go to (and gather zeros from) one extra row
@@ -158,13 +206,27 @@ class MoE(nn.Module):
         y = self._run_experts(buffer.view(E, C, M))  # (E, C, M)
         y = torch.cat([y.reshape(E * C, M), y.new_zeros(1, M)])  # (E*C + 1, M)
         picked = y.index_select(0, row).view(S, K, M)
-        out = (picked * r.weight.to(picked.dtype).unsqueeze(2)).sum(dim=1)  # (S, M)
+        return (picked * r.weight.to(picked.dtype).unsqueeze(2)).sum(dim=1)  # (S, M)
 
-        if self.use_residual:
-            coef = self.coefficient(x).float().softmax(dim=-1).to(x.dtype)  # (S, 2)
-            out = out * coef[:, 0:1] + self.residual_mlp(x) * coef[:, 1:2]
-        return MoEOutput(out=out.view(hidden_states.shape), l_aux=r.l_aux,
-                         z_loss=gate_out.z_loss, exp_counts=r.exp_counts, routing=r)
+    def _grouped_experts(self, x: Tensor, r: Routing) -> Tensor:
+        """x (S, M) -> combined expert outputs (S, M), dropless: permute, grouped GEMMs with
+        bias + GELU between them, unpermute weighted by the gate. Nothing is padded."""
+        fused = self.kernels != "torch" and resolve_kernels(self.kernels, x.device) == "triton"
+        expert = torch.where(r.kept, r.expert, -1)  # (S, K); -1: not routed (masked tokens)
+        w1 = torch.stack([e.c_fc.weight for e in self.experts])  # (E, M, I)
+        b1 = torch.stack([e.c_fc.bias for e in self.experts])  # (E, I)
+        w2 = torch.stack([e.c_proj.weight for e in self.experts])  # (E, I, M)
+        b2 = torch.stack([e.c_proj.bias for e in self.experts])  # (E, M)
+        approximate = self.experts[0].approximate
+        weight = r.weight.to(x.dtype)  # (S, K)
+        if fused:
+            xs, sizes, order = permute(x.contiguous(), expert, self.num_experts)  # (R, M)
+            h = bias_gelu(grouped_gemm(xs, w1, sizes, b1), None, approximate)  # bias in the GEMM
+            y = grouped_gemm(h, w2, sizes, b2)  # (R, M)
+            return unpermute(y, order, weight)
+        xs, sizes, order = permute_reference(x, expert, self.num_experts)
+        h = F.gelu(grouped_gemm_reference(xs, w1, sizes, b1), approximate=approximate)
+        return unpermute_reference(grouped_gemm_reference(h, w2, sizes, b2), order, weight)
 
     def _run_experts(self, buffer: Tensor) -> Tensor:
         """buffer (E, C, M): rows for every global expert -> their outputs (E, C, M)."""

@@ -15,6 +15,11 @@ Checkpoint keys of an MoE block i (dense blocks are GPT-2's):
 Inference routing (eval mode) with the defaults `moe_renormalize=True,
 moe_eval_drop_tokens=False`: top-k of x @ gate.weight in fp32, weights p_i / sum(p_topk),
 nothing dropped, no randomness: what an accelerator computes for batch-1 decode.
+
+`moe_dropless: true` never drops a token, in training or inference, and runs the experts on
+permute + grouped GEMMs instead of a capacity buffer (see `models.moe.layer`); it overrides
+`moe_drop_tokens` / `moe_eval_drop_tokens`. `MoEGPT(config, kernels=...)` chooses the kernels
+as `GPT2LMHead` does; the choice is not part of the checkpoint.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class MoEGPTConfig(GPT2Config):
     moe_renormalize: bool = True  # top-k weights renormalised to sum to 1
     moe_top2_2nd_expert_sampling: bool = True  # top-2 training: sample the 2nd expert
     moe_use_residual: bool = False  # residual MoE: a dense MLP beside the experts
+    moe_dropless: bool = False  # never drop; experts on permute + grouped GEMMs, no buffer
     moe_aux_loss_coef: float = 0.01  # weight of the load-balancing loss (summed over blocks)
     moe_z_loss_coef: float = 0.001  # weight of the router z-loss (summed over blocks)
     moe_dts_tau_start: float = 2.0  # DTS gate: temperature at step 0
@@ -94,6 +100,8 @@ class MoEGPTConfig(GPT2Config):
         if not isinstance(self.moe_min_capacity, int) or self.moe_min_capacity < 0:
             raise ModelConfigError(
                 f"moe_min_capacity must be an integer >= 0, not {self.moe_min_capacity!r}")
+        if not isinstance(self.moe_dropless, bool):
+            raise ModelConfigError(f"moe_dropless must be true or false, not {self.moe_dropless!r}")
         if self.moe_gate not in GATES:
             raise ModelConfigError(f"moe_gate must be one of {GATES}, not {self.moe_gate!r}")
         if self.moe_noisy_gate_policy not in NOISY_GATE_POLICIES:
@@ -160,6 +168,7 @@ def build_moe_ffn(config: MoEGPTConfig, block: int) -> MoE:
         drop_policy=config.moe_drop_policy, eval_drop_tokens=config.moe_eval_drop_tokens,
         renormalize=config.moe_renormalize,
         top2_2nd_expert_sampling=config.moe_top2_2nd_expert_sampling, gate=gate,
+        dropless=config.moe_dropless,
     )
     for expert in moe.experts:  # independent initialisations, not E copies of one
         for module in expert.modules():
@@ -217,8 +226,8 @@ class MoEGPT(GPT2LMHead):
 
     config_class = MoEGPTConfig
 
-    def __init__(self, config: MoEGPTConfig) -> None:
-        super().__init__(config, MoEGPTModel(config))
+    def __init__(self, config: MoEGPTConfig, *, kernels: str = "torch") -> None:
+        super().__init__(config, MoEGPTModel(config), kernels=kernels)
         self.last_aux: MoEAux | None = None
         self._routing_seed: int | None = None
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -300,6 +309,13 @@ class MoEGPT(GPT2LMHead):
     def forward(self, input_ids: Tensor, past: KVCache | None = None
                 ) -> tuple[Tensor, KVCache]:
         """input_ids (B, T) -> logits (B, T, vocab_size), present; see `last_aux`."""
+        h, present = self.final_hidden(input_ids, past)
+        return self.lm_head(h), present
+
+    def final_hidden(self, input_ids: Tensor, past: KVCache | None = None
+                     ) -> tuple[Tensor, KVCache]:
+        """input_ids (B, T) -> hidden states after ln_f (B, T, n_embd), present; sets
+        `last_aux`."""
         T_total = input_ids.shape[1] + (0 if past is None else past[0][0].shape[2])
         if T_total > self.config.n_positions:
             raise PromptError(
@@ -314,4 +330,4 @@ class MoEGPT(GPT2LMHead):
             dropped_fraction=[
                 1 - s.routing.kept.sum().float() / s.exp_counts.sum().clamp(min=1) for s in stats],
         )
-        return self.lm_head(h), present
+        return h, present
