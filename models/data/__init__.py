@@ -6,8 +6,8 @@ them back as batches.
 
 Data efficiency: `analyze` writes per-window difficulty indexes (`DifficultyIndex`),
 `CurriculumScheduler` is DeepSpeed's difficulty schedule, `CurriculumSampler` draws windows at or
-below it, `parse_data_efficiency` reads DeepSpeed's `data_efficiency` JSON; `fim` holds the
-fill-in-the-middle transform.
+below it, `parse_data_efficiency` reads DeepSpeed's `data_efficiency` JSON and `DataEfficiency`
+puts it into a training loop; `fim` holds the fill-in-the-middle transform.
 """
 
 from .analyzer import DifficultyIndex, analyze
@@ -20,12 +20,14 @@ from .curriculum import (
     parse_data_efficiency,
 )
 from .dataset import TokenData
+from .efficiency import DataEfficiency
 from .fim import FIMConfig, ensure_fim, fim_transform, infill_prompt_ids
 
 __all__ = [
     "CorpusMeta",
     "CurriculumSampler",
     "CurriculumScheduler",
+    "DataEfficiency",
     "DataEfficiencyConfig",
     "DifficultyIndex",
     "FIMConfig",

@@ -309,6 +309,47 @@ def test_seqlen_truncate_alone_needs_no_index(tmp_path):
         CurriculumSampler(data, vocab, block_size=32)
 
 
+def test_data_efficiency_in_a_training_loop(tmp_path):
+    from models.data import DataEfficiency
+    from models.gpt2 import GPT2LMHead
+
+    from .moe_helpers import tiny_config
+
+    write_corpus(tmp_path)
+    analyze(tmp_path, 8, progress=False)
+    cfg = json.loads(json.dumps(DS_CONFIG))
+    ltd = cfg["data_efficiency"]["data_routing"]["random_ltd"]
+    ltd["random_ltd_layer_id"], ltd["random_ltd_layer_num"] = [1], 1
+    ltd["random_ltd_schedule"].update(min_value=4, max_value=8)
+    ltd["random_ltd_schedule"]["schedule_config"].update(require_steps=4, seq_per_step=2)
+    metrics = cfg["data_efficiency"]["data_sampling"]["curriculum_learning"]["curriculum_metrics"]
+    metrics["seqlen_truncate"].update(min_difficulty=4, max_difficulty=8)
+    metrics["seqlen_truncate"]["schedule_config"].update(total_curriculum_step=4,
+                                                         difficulty_step=2)
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(cfg))
+    torch.manual_seed(0)
+    model = GPT2LMHead(tiny_config(vocab_size=16, n_positions=8, n_layer=3)).train()
+    de = DataEfficiency.from_file(path, TokenData(tmp_path), block_size=8, n_layer=3)
+    de.attach(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    widths, kept = [], []
+    for step in range(5):
+        de.begin_step(step)
+        x, y = de.batch(step, 4, torch.Generator().manual_seed(step))
+        loss = torch.nn.functional.cross_entropy(model(x)[0].reshape(-1, 16), y.reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        widths.append(x.shape[1])
+        kept.append(de.ltd.kept)
+    # seqlen: floor(4 + 4 * (s + 1) / 4) -> 5, 6, 7, 8 -> even; random-LTD: floor(4 + s) -> even
+    assert widths == [4, 6, 6, 8, 8]
+    assert kept == [4, 4, 6, 6, 8]
+    with pytest.raises(ModelConfigError, match="must be the full sequence"):
+        DataEfficiency.from_file(path, TokenData(tmp_path), block_size=16, n_layer=3)
+
+
 def test_truncate_batch():
     x = torch.arange(12).view(2, 6)
     a, b = truncate_batch(x, x + 1, 3)
@@ -316,3 +357,15 @@ def test_truncate_batch():
     assert b.tolist() == [[1, 2, 3], [7, 8, 9]]
     with pytest.raises(ModelConfigError):
         truncate_batch(x, x, 0)
+
+
+def test_config_file_errors(tmp_path):
+    from models.data import load_data_efficiency
+
+    with pytest.raises(ModelConfigError, match="cannot read"):
+        load_data_efficiency(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ModelConfigError, match="is not valid JSON"):
+        load_data_efficiency(tmp_path / "bad.json")
+    (tmp_path / "ok.json").write_text(json.dumps(DS_CONFIG))
+    assert load_data_efficiency(tmp_path / "ok.json") == parse_data_efficiency(DS_CONFIG)
