@@ -148,7 +148,7 @@ class _Completion:
         """Tandem's figures for the whole completion."""
         queue_ms = self.started.queue_ms if self.started else 0.0
         figures: dict[str, Any] = {
-            **self.service.engine.backend.describe(),
+            **self.service.backend_facts(),
             "tokens": finished.tokens, "seed": self.request.seed,
             "temperature": self.request.temperature, "top_k": self.request.top_k,
             "queue_ms": round(queue_ms, 3),

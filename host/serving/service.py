@@ -43,16 +43,19 @@ class Service:
     def vocab_size(self) -> int:
         return self.model.config.vocab_size
 
-    def facts(self) -> dict[str, Any]:
-        """The model and backend, as /health and /v1/models report them. A value that is a
-        file system path is reported by its last component: clients learn no server paths."""
+    def backend_facts(self) -> dict[str, Any]:
+        """The backend's `describe()`, as clients see it (in /health and every completion).
+        A value that is a file system path is given by its last component: clients learn no
+        server paths."""
         if self._facts is None:
-            facts = {"model": self.model_name, **self.engine.backend.describe(),
-                     "n_positions": self.n_positions, "vocab_size": self.vocab_size,
-                     "tokenizer": self.tokenizer.name}
-            self._facts = {k: Path(v).name if isinstance(v, str) and os.path.isabs(v) else v
-                           for k, v in facts.items()}
-        return self._facts
+            self._facts = _no_paths(self.engine.backend.describe())
+        return dict(self._facts)
+
+    def facts(self) -> dict[str, Any]:
+        """The model and backend, as /health and /v1/models report them."""
+        return {"model": self.model_name, **self.backend_facts(),
+                "n_positions": self.n_positions, "vocab_size": self.vocab_size,
+                **_no_paths({"tokenizer": self.tokenizer.name})}
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.model_name:
@@ -111,6 +114,11 @@ class Service:
         except PromptError as e:
             raise ApiError(400, str(e), param="prompt", code="invalid_prompt") from None
         return ids
+
+
+def _no_paths(facts: dict[str, Any]) -> dict[str, Any]:
+    return {k: Path(v).name if isinstance(v, str) and os.path.isabs(v) else v
+            for k, v in facts.items()}
 
 
 def load_service(config: ServeConfig, model_dir: str | Path, tokenizer: str = "auto",

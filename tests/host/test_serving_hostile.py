@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import pytest
 import torch
 
+from host.runtime import BACKENDS
+from host.runtime.generation import TorchBackend
 from host.serving import BackgroundServer, ServeConfig, load_service
 
 HTTP_TIMEOUT_S = 30
@@ -297,13 +299,34 @@ def _strings(value: Any):
             yield from _strings(v)
 
 
-def test_no_absolute_paths_and_no_cdn_docs(tiny_checkpoint):
-    with running(tiny_checkpoint) as (server, _):
-        for path in ("/health", "/v1/models"):
-            status, body = call(server.url, path, method="GET")
-            assert status == 200
-            leaks = [s for s in _strings(body) if os.path.isabs(s) or str(tiny_checkpoint) in s]
+class _BoardLike(TorchBackend):
+    """The torch backend describing itself as the board backend does: with a file path."""
+
+    def __init__(self, model, xclbin: str) -> None:
+        super().__init__(model)
+        self.xclbin = xclbin
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "xclbin": self.xclbin}
+
+
+def test_no_absolute_paths_and_no_cdn_docs(tiny_checkpoint, tmp_path, monkeypatch):
+    xclbin = str(tmp_path / "secret-dir" / "tandem.xclbin")
+    monkeypatch.setitem(BACKENDS, "boardlike", lambda model, **_: _BoardLike(model, xclbin))
+    config = ServeConfig(port=0, shutdown_timeout_s=2)
+    service = load_service(config, tiny_checkpoint, backend="boardlike")
+    with BackgroundServer(service) as server:
+        replies = {path: call(server.url, path, method="GET")
+                   for path in ("/health", "/v1/models")}
+        replies["/v1/completions"] = call(server.url, "/v1/completions",
+                                          {"prompt": "x", "max_tokens": 1})
+        for path, (status, body) in replies.items():
+            assert status == 200, (path, body)
+            strings = list(_strings(body))
+            leaks = [s for s in strings if os.path.isabs(s) or str(tmp_path) in s
+                     or str(tiny_checkpoint) in s]
             assert not leaks, (path, leaks)
+            assert "tandem.xclbin" in strings  # the name is reported, not the path
         for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
             status, body = call(server.url, path, method="GET")
             assert status == 404, (path, body)
