@@ -1,9 +1,11 @@
 """cocotb tests of `AxiPort` against cocotbext-axi's `AxiRam`.
 
 The case comes in TANDEM_DMA_CASE (JSON): seed, runs (per client), pause (the probability that
-each AXI channel and each client stream stalls in a cycle). A monitor checks every address
-beat against the AXI4 rules the port promises (beat-aligned, INCR, at most `max_burst` beats,
-never across a 4 KB boundary) and records how many bursts were in flight at once.
+each AXI channel and each client stream stalls in a cycle); optional corrupt, a read beat
+(counted over all clients) received with one flipped bit (the negative test). A monitor
+checks every address beat against the AXI4 rules the port promises (beat-aligned, INCR, at
+most `max_burst` beats, never across a 4 KB boundary) and records how many bursts were in
+flight at once.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class Monitor:
 
 
 class TB:
-    def __init__(self, dut, seed: int, pause: float):
+    def __init__(self, dut, seed: int, pause: float, corrupt: int | None = None):
         self.dut = dut
         self.rng = random.Random(seed)
         dut.rst.value = 1
@@ -108,6 +110,8 @@ class TB:
                 channel.set_pause_generator(pauses(random.Random(seed * 97 + k), pause))
         self.monitor = Monitor(dut)
         self.write_done = 0
+        self.corrupt = corrupt  # negative test: flip bit 0 of this read beat (over all clients)
+        self.beats_read = 0
         cocotb.start_soon(self._count_done())
 
     async def _count_done(self):
@@ -133,7 +137,8 @@ class TB:
         out = bytearray()
         for k in range(beats):
             beat = await self.data[client].recv()
-            value = int(beat.payload)
+            value = int(beat.payload) ^ (self.beats_read == self.corrupt)
+            self.beats_read += 1
             last = value >> PARAMS["data_width"] & 1
             assert last == (k == beats - 1), (
                 f"client {client}: beat {k} of {beats} at {addr:#x} has last={last}")
@@ -163,7 +168,7 @@ async def random_reads_and_writes(dut):
     """Two read clients and the write client at once, random runs, random stalls everywhere:
     every byte read equals the RAM's, every strobed byte written lands, nothing else changes."""
     case = json.loads(os.environ["TANDEM_DMA_CASE"])
-    tb = TB(dut, case["seed"], case["pause"])
+    tb = TB(dut, case["seed"], case["pause"], case.get("corrupt"))
     initial = bytes(tb.rng.getrandbits(8) for _ in range(RAM_BYTES))
     tb.ram.write(0, initial)
     await tb.reset()

@@ -4,7 +4,8 @@ bias or `round_fp16`), the way `IsaDevice._mm` computes it.
 
 The case comes in TANDEM_MPU_CASE (JSON): seed; rows, cols, ntok; bias, mask, prefetched
 (flags of the MM); pause (the probability that each HBM read-data stream and each of the vector
-buffer's ports stall in a cycle). The testbench plays the vector buffer (a read answers one cycle
+buffer's ports stall in a cycle); optional corrupt, an output word (from `dst`) read back with
+one flipped bit (the negative test). The testbench plays the vector buffer (a read answers one cycle
 after its request), the HBM read clients of both weight streamers (in-order bursts out of an
 `HbmImage`) and the controller (a PREFETCH, then the MM).
 """
@@ -214,6 +215,8 @@ async def mm_matches_numerics(dut):
     assert released == 1 << 5, f"release_reads was {released:#x}"
     assert not mem.errors, mem.errors[:5]
     got, want = vbuf.view(np.uint16), expected.view(np.uint16)
+    if "corrupt" in case:  # negative test: the checker must see one bad bit
+        got[DST + case["corrupt"]] ^= 1
     bad = np.flatnonzero(got != want)
     if bad.size:
         lines = [f"{bad.size} words differ, first at word {bad[0]}:"]

@@ -5,7 +5,8 @@ cocotbext-axi streams, checked against the `isa` backend's collective
 
 The case comes in TANDEM_RING_CASE (JSON): seed, devices, device, collectives (how many, drawn
 at random), pause (the probability that the link in, the link out, the vector buffer's ports
-and the controller stall in a cycle).
+and the controller stall in a cycle); optional corrupt, a collective whose read-back buffer
+gets one flipped bit (the negative test: the run must fail there).
 
 The neighbour model. On a unidirectional ring the link into device d carries every other
 device's flits: origin o arrives with hops = (d - o) mod devices, the flits of one origin in
@@ -266,6 +267,8 @@ async def collectives_match_the_isa_cluster(dut):
                 got_wb = (iw >> 1 & 0xF, iw >> 5, sw >> 1 & 0xF, sw >> 5)
             assert got_wb == wb, (f"collective {k} ({plan[k][0]}): write-back {got_wb}, "
                                   f"expected {wb}")
+            if case.get("corrupt") == k:  # negative test: the checker must see one bad bit
+                vbuf[0] ^= 1
             differ = np.flatnonzero(vbuf != after)
             assert not differ.size, (f"collective {k} ({plan[k][0]} {plan[k][1]}): "
                                      f"{differ.size} vector-buffer words differ, first at "

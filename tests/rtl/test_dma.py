@@ -56,6 +56,16 @@ def test_streaming_hides_burst_latency(builds):
     _run(builds, "verilator", "long_read_streams_back_to_back")
 
 
+@pytest.mark.rtl
+def test_a_corrupted_read_beat_fails_the_comparison(builds, capfd):
+    """The bench flips one bit of the 6th beat read back from the port: the run must fail on
+    that read run."""
+    with pytest.raises(SystemExit):
+        _run(builds, "icarus", "random_reads_and_writes", seed=3, pause=0.3, runs=3,
+             timeout_us=2000, corrupt=5)
+    assert "beats differs" in capfd.readouterr().out
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"readers": 0}, "readers must be a positive integer, not 0"),
     ({"max_burst": 300}, "max_burst must be an integer in 1..256, not 300"),

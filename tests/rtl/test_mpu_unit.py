@@ -56,3 +56,23 @@ def test_mm_matches_numerics(build, name):
              timescale=("1ns", "1ps"),
              extra_env={"COCOTB_REWRITE_ASSERTION_FILES": "cocotb_*.py",
                         "TANDEM_MPU_CASE": json.dumps(case)})
+
+
+@pytest.mark.rtl
+def test_a_corrupted_output_word_fails_the_comparison(build, capfd):
+    """The bench flips one bit of output word 5 as read from the vector buffer: the run must
+    fail on that one word."""
+    sim, build_dir = build
+    run_dir = build_dir / "runs" / "corrupted"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    case = {"seed": 1, "rows": 32, "cols": 32, "ntok": 1, "bias": False, "mask": False,
+            "prefetched": False, "pause": 0.0, "corrupt": 5}
+    with pytest.raises(SystemExit):
+        sim.test(test_module="sim.mpu.cocotb_mpu", hdl_toplevel=top.TOPLEVEL,
+                 hdl_toplevel_lang="verilog", build_dir=str(build_dir), test_dir=str(run_dir),
+                 timescale=("1ns", "1ps"),
+                 extra_env={"COCOTB_REWRITE_ASSERTION_FILES": "cocotb_*.py",
+                            "TANDEM_MPU_CASE": json.dumps(case)})
+    out = capfd.readouterr().out
+    assert "1 words differ" in out
+    assert "token 0 row 5: got" in out

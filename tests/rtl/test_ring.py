@@ -47,3 +47,18 @@ def test_collectives_match_the_isa_cluster(build, name):
             "collectives": collectives, "pause": pause}
     runner.run(sim, build_dir, top.TOPLEVEL, "sim.ring.cocotb_ring", test_dir=run_dir,
                env={"TANDEM_RING_CASE": json.dumps(case)})
+
+
+@pytest.mark.rtl
+def test_a_corrupted_buffer_word_fails_the_comparison(build, capfd):
+    """The bench flips one bit of the vector buffer it reads back when the 3rd collective
+    retires: the run must fail on that collective."""
+    sim, build_dir = build
+    run_dir = build_dir / "runs" / "corrupted"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    case = {"seed": 5, "devices": 2, "device": 1, "collectives": 4, "pause": 0.0,
+            "corrupt": 2}
+    with pytest.raises(SystemExit):
+        runner.run(sim, build_dir, top.TOPLEVEL, "sim.ring.cocotb_ring", test_dir=run_dir,
+                   env={"TANDEM_RING_CASE": json.dumps(case)})
+    assert "1 vector-buffer words differ, first at [0]" in capfd.readouterr().out
