@@ -23,7 +23,14 @@ import torch.distributed as dist
 
 from ..errors import ModelConfigError
 
-__all__ = ["DistContext", "get_rng_states", "init_distributed", "set_rng_states"]
+__all__ = [
+    "NUMPY_GLOBAL_RNG",
+    "DistContext",
+    "get_rng_states",
+    "init_distributed",
+    "seed_global_rngs",
+    "set_rng_states",
+]
 
 
 @dataclass
@@ -125,13 +132,13 @@ def init_distributed(device: str = "auto") -> DistContext:
 
 
 #: the legacy global RandomState that np.random.rand & co. draw from (saved, never drawn from)
-_NUMPY_GLOBAL = np.random.mtrand._rand
+NUMPY_GLOBAL_RNG = np.random.mtrand._rand
 
 
 def get_rng_states() -> dict:
     """Every global RNG this process may draw from, as plain lists and tensors (they load
     with torch.load(weights_only=True))."""
-    kind, keys, pos, has_gauss, cached = _NUMPY_GLOBAL.get_state()
+    kind, keys, pos, has_gauss, cached = NUMPY_GLOBAL_RNG.get_state()
     version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
@@ -143,10 +150,19 @@ def get_rng_states() -> dict:
     return state
 
 
+def seed_global_rngs(seed: int, rank: int) -> None:
+    """Seed numpy's and python's global RNGs from (seed, rank), and torch's on ranks > 0
+    (rank 0 keeps the stream that initialised the weights, as one process always did)."""
+    NUMPY_GLOBAL_RNG.seed((seed + 7_919 * rank) % 2**32)
+    random.seed(seed * 1_000_003 + rank)
+    if rank > 0:
+        torch.manual_seed(seed + 104_729 * rank)
+
+
 def set_rng_states(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     kind, keys, pos, has_gauss, cached = state["numpy"]
-    _NUMPY_GLOBAL.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    NUMPY_GLOBAL_RNG.set_state((kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():

@@ -63,7 +63,13 @@ from ..moe.parallel import (
 )
 from ..registry import load_model
 from .config import TrainConfig
-from .distributed import DistContext, get_rng_states, init_distributed, set_rng_states
+from .distributed import (
+    DistContext,
+    get_rng_states,
+    init_distributed,
+    seed_global_rngs,
+    set_rng_states,
+)
 from .schedule import lr_at
 from .throughput import flops_per_token, peak_tflops_for
 
@@ -512,10 +518,11 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
     kernels = resolve_kernels(cfg.kernels, dev, say)
     build_cfg = dataclasses.replace(cfg, kernels=kernels)
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = model_builder(build_cfg, data.meta.vocab_size, data.meta.eot_id)
     if cfg.init_from and not resume:
         init_weights(model, cfg.init_from)
+    seed_global_rngs(cfg.seed, ctx.rank)  # whatever draws from them (dropout) differs by rank
     state = _load_state(out, cfg, ctx) if resume else None
     if state is None and out.exists() and (out / STATE_FILE).exists():
         raise CheckpointError(f"{out} already holds a run; pass --resume or pick another --out")
