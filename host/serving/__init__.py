@@ -3,7 +3,8 @@ of any backend of `host.runtime.BACKENDS`.
 
 `load_service` loads a checkpoint into an `Engine` (a bounded queue feeding one worker thread
 that owns the backend); `create_app` is the FastAPI app; `serve` runs it under uvicorn in the
-foreground, `BackgroundServer` on a thread.
+foreground, `BackgroundServer` on a thread; `protocol` bounds what slow or silent clients
+can hold (request-head time, open connections).
 
 Only `ServeConfig` is imported eagerly: the web stack (FastAPI, uvicorn, pydantic) loads on
 first use, so other `tandem` commands do not pay for it.
