@@ -76,6 +76,9 @@ def test_bad_inputs():
     kt = torch.randn(1, 2, 16, 8).transpose(-1, -2)
     with pytest.raises(ValueError, match="k must be contiguous in head_dim"):
         flash_attention(q, kt, kt)
+    meta = torch.empty(1, 2, 8, 16, device="meta")
+    with pytest.raises(ValueError, match="k is on meta but q is on cpu"):
+        flash_attention(q, meta, meta)
     with pytest.raises(ValueError, match="past_len must be an integer >= 0, not -1"):
         flash_attention(q, q, q, past_len=-1)
 

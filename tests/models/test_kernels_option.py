@@ -185,3 +185,16 @@ def test_dropless_options_are_checked():
         MoE(8, torch.nn.Linear(8, 8), num_experts=2, dropless=True)
     with pytest.raises(ModelConfigError, match="dropless MoE runs on one expert-parallel rank"):
         MoE(32, MLP(GPT2Config(**TINY)), num_experts=2, ep_size=2, dropless=True)
+
+
+def test_dropless_config_round_trips(tmp_path):
+    from models.errors import ModelConfigError
+
+    with pytest.raises(ModelConfigError, match="moe_dropless must be true or false, not 'yes'"):
+        _tiny_moe_config(moe_dropless="yes")
+    model = MoEGPT(_tiny_moe_config(moe_dropless=True))
+    assert all(moe.dropless for _, moe in model.moe_blocks())
+    model.save_pretrained(tmp_path)
+    loaded = MoEGPT.from_pretrained(tmp_path)
+    assert all(moe.dropless for _, moe in loaded.moe_blocks())
+    assert not any(moe.dropless for _, moe in MoEGPT(_tiny_moe_config()).moe_blocks())
