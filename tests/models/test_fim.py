@@ -69,7 +69,7 @@ def test_seeded_draws_in_the_documented_order():
     assert ex == FIMExample(DOC[:a], DOC[a:b], DOC[b:], mode)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(doc=st.text(max_size=200), seed=st.integers(0, 2**32 - 1),
        rate=st.floats(0, 1), spm=st.floats(0, 1))
 def test_round_trip(doc, seed, rate, spm):
