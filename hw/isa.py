@@ -230,7 +230,7 @@ class FloatImm(float):
         return not self == other
 
     def __hash__(self) -> int:
-        return hash((self.fmt, self.bits)) if self != self else float.__hash__(self)
+        return hash((self.fmt, self.bits)) if math.isnan(self) else float.__hash__(self)
 
     def __reduce__(self):
         return FloatImm, (self.bits, self.fmt)

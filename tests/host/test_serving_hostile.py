@@ -228,6 +228,31 @@ def test_health_answers_within_a_second_while_huge_prompts_are_refused(tiny_chec
     assert service.engine.status()["accepted"] == 0
 
 
+def test_tokenizing_runs_off_the_event_loop(tiny_checkpoint):
+    """A tokenizer made slow (0.5 s per prompt, as a long prompt on a big vocabulary can be)
+    holds up only its own requests: /health answers at once meanwhile."""
+    with running(tiny_checkpoint) as (server, service):
+        encode = service.tokenizer.encode
+
+        def slow_encode(text: str) -> list[int]:
+            time.sleep(0.5)
+            return encode(text)
+
+        service.tokenizer.encode = slow_encode
+        with ThreadPoolExecutor(3) as pool:
+            pending = [pool.submit(call, server.url, "/v1/completions",
+                                   {"prompt": f"def f{i}(", "max_tokens": 1}) for i in range(3)]
+            time.sleep(0.1)
+            latencies = []
+            for _ in range(5):
+                begun = time.monotonic()
+                assert call(server.url, "/health", method="GET", timeout_s=10)[0] == 200
+                latencies.append(time.monotonic() - begun)
+            assert all(f.result()[0] == 200 for f in pending)
+    print(f"/health while tokenizing: max {max(latencies) * 1e3:.0f} ms")
+    assert max(latencies) < 0.3
+
+
 # -- inputs that answered 500 -------------------------------------------------------------------
 
 @pytest.mark.parametrize(("raw", "fragment"), [

@@ -255,3 +255,21 @@ def test_decode_program_refuses_bad_input_with_isa_error(words):
 def test_assembler_refuses_bad_bit_patterns_and_targets(text):
     with pytest.raises(IsaError, match="cannot be"):
         assemble(text)
+
+
+def test_float_immediates_compare_by_bits_and_survive_pickling():
+    import pickle
+
+    nan = FloatImm(0x7F800001, "f32")
+    assert nan == FloatImm(0x7F800001, "f32")
+    assert nan != FloatImm(0x7FC00000, "f32")
+    assert hash(nan) == hash(FloatImm(0x7F800001, "f32"))
+    assert FloatImm.of(-0.0, "f32") != FloatImm.of(0.0, "f32")
+    assert FloatImm.of(1.5, "f16") == 1.5
+    assert pickle.loads(pickle.dumps(nan)).bits == 0x7F800001
+    instr = decode(0xFF827767A40)
+    assert pickle.loads(pickle.dumps(instr)) == instr
+    with pytest.raises(IsaError, match=r"f16 bits must be an integer in 0\.\.0xffff"):
+        FloatImm(0x10000, "f16")
+    with pytest.raises(IsaError, match="must be a number"):
+        Instr("SLI", {"sd": 1, "imm": "1.0"})
