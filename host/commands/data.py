@@ -29,6 +29,8 @@ def add_arguments(p) -> None:
     for action in p._actions:  # `data analyze` writes beside --data, not to --out: run() checks
         if action.dest == "out":
             action.required = False
+        if action.dest == "force":
+            action.help += "; with analyze: rebuild an existing index"
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary (default 4096)")
     p.add_argument("--val-fraction", type=float, default=0.05,
                    help="share of files in the validation split (default 0.05)")
