@@ -6,7 +6,8 @@ instruction.
 
 The case comes in TANDEM_CTRL_CASE (JSON): program (a name in `PROGRAMS`, or "random" for one
 drawn by `random_program`), seed, pause (the probability that an engine refuses a micro-op in
-a cycle) and max_delay (an engine takes 1..max_delay cycles per instruction).
+a cycle), max_delay (an engine takes 1..max_delay cycles per instruction) and optional
+corrupt, a micro-op sampled with one flipped bit in its pc field (the negative test).
 
 The engine models take micro-ops whenever they are ready (a ready that never depends on valid),
 complete them in order after a random delay, and then do what the engines do: write back
@@ -396,6 +397,8 @@ async def program_matches_the_isa_device(dut):
         if high(dut.issued):
             issued_pcs.append(int(dut.issued_pc.value))
         for name, word in engines.sample(cycle):
+            if case.get("corrupt") == k:  # negative test: the checker must see one bad bit
+                word ^= 1 << UOP["pc"].offset
             assert k < len(issues), f"cycle {cycle}: a micro-op beyond the isa stream ({name})"
             pc, engine, instr, want, fp = issues[k]
             where = f"micro-op {k} (pc {pc}: {instr})"

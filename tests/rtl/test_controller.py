@@ -47,3 +47,17 @@ def test_program_matches_the_isa_device(build, name):
     case = {"program": program, "seed": seed, "pause": pause, "max_delay": max_delay}
     runner.run(sim, build_dir, top.TOPLEVEL, "sim.controller.cocotb_controller",
                test_dir=run_dir, env={"TANDEM_CTRL_CASE": json.dumps(case)})
+
+
+@pytest.mark.rtl
+def test_a_corrupted_micro_op_fails_the_comparison(build, capfd):
+    """The bench flips one bit (the pc field) of the 4th micro-op it samples from the DUT: the
+    run must fail on exactly that micro-op."""
+    sim, build_dir = build
+    run_dir = build_dir / "runs" / "corrupted"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    case = {"program": "loops", "seed": 1, "pause": 0.0, "max_delay": 1, "corrupt": 3}
+    with pytest.raises(SystemExit):
+        runner.run(sim, build_dir, top.TOPLEVEL, "sim.controller.cocotb_controller",
+                   test_dir=run_dir, env={"TANDEM_CTRL_CASE": json.dumps(case)})
+    assert "micro-op 3 (pc " in capfd.readouterr().out
