@@ -60,3 +60,33 @@ def test_every_function_falls_back_to_its_reference(monkeypatch):
     y = gpu_kernels.grouped_gemm(xs, torch.randn(3, 12, 12, generator=g), sizes)
     out = gpu_kernels.unpermute(y, order, torch.ones(5, 1))
     assert out[3].abs().max() == 0  # the unrouted token gets nothing
+
+
+def test_works_without_triton_installed():
+    """triton is an optional extra: with it unimportable, gpu_kernels and the models import,
+    report it, and compute through the torch references (a fresh interpreter, triton blocked)."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["triton"] = None  # import triton now raises ImportError
+import torch
+import gpu_kernels
+from models import GPT2Config, GPT2LMHead
+assert not gpu_kernels.HAVE_TRITON and not gpu_kernels.triton_available("cpu")
+print(gpu_kernels.kernels_notice("triton", "cpu"))
+q = torch.randn(1, 2, 5, 16)
+assert torch.equal(gpu_kernels.flash_attention(q, q, q), gpu_kernels.attention_reference(q, q, q))
+model = GPT2LMHead(GPT2Config(vocab_size=32, n_positions=8, n_embd=16, n_layer=1, n_head=1),
+                   kernels="triton")
+ids = torch.randint(0, 32, (1, 8))
+model.lm_loss(ids, ids).backward()
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ("--kernels triton: triton is not installed; using the torch "
+                                   "reference kernels")
