@@ -359,10 +359,12 @@ class Timeline:
             ends.append(prev)
         for pf in self.prefetch:
             if pf.beats > cfg.prefetch_beats:
-                break
+                return 0.0
             prev = max(pf.issue, prev) + quantize(_stream_cycles(pf.beats, cfg))
             ends.append(prev)
-        if len(ends) < cfg.prefetch_queue or len(self.prefetch) + 1 > len(ends):
+        # the streamer requests matrices in order, so `ends` is sorted: the queue has room
+        # once all but prefetch_queue - 1 of them are requested
+        if len(ends) < cfg.prefetch_queue:
             return 0.0
         return ends[len(ends) - cfg.prefetch_queue]
 

@@ -229,3 +229,16 @@ def test_biased_mm_reads_its_bias_first():
            read=4 * 32 * 16)
     prefetched = _cost("MM", **mm, flags={"prefetched"})
     _check(prefetched, "mpu", 32, 10, "weights", read=4 * 32 * 16)
+
+
+def test_prefetch_waits_for_a_descriptor_slot_before_any_mm():
+    """The descriptor queue holds `prefetch_queue` (2) PREFETCHes until the streamer has
+    requested each one's last beat, also before the first MM has consumed anything."""
+    tl = Timeline(CFG)  # one beat per cycle per port, no burst gaps
+    pf = Instr("PREFETCH", {"w": 0, "ldb": 4, "rows": 64, "cols": 32})  # 64 beats per port
+    first, _ = _run(tl, pf)
+    second, _ = _run(tl, Instr("PREFETCH", {"w": 4096, "ldb": 4, "rows": 64, "cols": 32}))
+    third, _ = _run(tl, Instr("PREFETCH", {"w": 8192, "ldb": 4, "rows": 64, "cols": 32}))
+    assert (first, second) == (0, 1)
+    # the first matrix's 64 beats are requested by cycle 64, which frees the first slot
+    assert third == 64
