@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
-import inspect
 import json
 import math
 import shutil
@@ -50,6 +48,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+from gpu_kernels import triton_available
 
 from ..config import GPT2Config
 from ..data import TokenData
@@ -96,12 +96,8 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _accepts_kernels(cls) -> bool:
-    return "kernels" in inspect.signature(cls.__init__).parameters
-
-
 def build_model(cfg: TrainConfig, vocab_size: int, eot_id: int) -> nn.Module:
-    """The model `cfg` describes; `cfg.kernels` is passed on where the model takes it."""
+    """The model `cfg` describes, running the kernels `cfg.kernels` names."""
     if cfg.is_moe:
         config = cfg.moe_config(vocab_size, eot_id)
         cls = MoEGPT
@@ -116,9 +112,7 @@ def build_model(cfg: TrainConfig, vocab_size: int, eot_id: int) -> nn.Module:
             eos_token_id=eot_id,
         )
         cls = GPT2LMHead
-    if cfg.kernels != "torch" and _accepts_kernels(cls):
-        return cls(config, kernels=cfg.kernels)
-    return cls(config)
+    return cls(config, kernels=cfg.kernels)
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -130,6 +124,26 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+class LMLoss(nn.Module):
+    """model + next-token loss as one module, the unit DDP, FSDP2 and torch.compile wrap.
+
+    forward(x (B, T), y (B, T)) -> (mean cross-entropy in FP32, logits (B, T, V) or None).
+    fused: the model's `lm_loss` (the Triton LM head + loss, which never materialises the
+    logits, so None is returned for them); otherwise the logits and F.cross_entropy."""
+
+    def __init__(self, model: nn.Module, fused: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        if self.fused:
+            return self.model.lm_loss(x, y), None
+        logits, _ = self.model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+        return loss, logits
 
 
 def _lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -252,17 +266,16 @@ def _autocast(precision: str, device: torch.device):
 
 
 def resolve_kernels(kernels: str, device: torch.device, say: Callable[[str], None]) -> str:
-    """torch or triton: Triton only on CUDA with triton installed and a model that takes it;
-    an explicit `triton` that cannot run falls back to torch with one notice."""
+    """torch or triton: Triton only on CUDA with triton installed (training under Triton's CPU
+    interpreter would be pointlessly slow); an explicit `triton` that cannot run falls back
+    to torch with one notice."""
     if kernels == "torch":
         return "torch"
     why = None
     if device.type != "cuda":
         why = f"Triton kernels need CUDA, this run is on {device.type}"
-    elif importlib.util.find_spec("triton") is None:
+    elif not triton_available(device):
         why = "triton is not installed (pip install 'tandem[triton]')"
-    elif not _accepts_kernels(GPT2LMHead):
-        why = "the models have no Triton path in this version"
     if why is None:
         return "triton"
     if kernels == "triton":
@@ -270,17 +283,18 @@ def resolve_kernels(kernels: str, device: torch.device, say: Callable[[str], Non
     return "torch"
 
 
-def _shard_fsdp(model: nn.Module) -> None:
-    """FSDP2: each transformer block, then the rest, sharded over all ranks (in place)."""
+def _shard_fsdp(loss_module: LMLoss) -> None:
+    """FSDP2: each transformer block, then the rest, sharded over all ranks (in place); the
+    loss module is the root, so that every forward (also the fused loss) gathers the rest."""
     from torch.distributed.fsdp import fully_shard
 
     # FSDP2 warns that a block returns views: those are the KV cache (k, v), which training
     # never modifies in place, so the warning does not apply here
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor",
                             category=UserWarning)
-    for block in model.transformer.h:
+    for block in loss_module.model.transformer.h:
         fully_shard(block)
-    fully_shard(model)
+    fully_shard(loss_module)
 
 
 def _fsdp_state_dicts(model: nn.Module, optimizer) -> tuple[dict, dict]:
@@ -292,7 +306,9 @@ def _fsdp_state_dicts(model: nn.Module, optimizer) -> tuple[dict, dict]:
     )
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return (get_model_state_dict(model, options=options),
+    full = get_model_state_dict(model, options=options)
+    prefix = "model."  # the loss module's: the checkpoint holds the model's own names
+    return ({k.removeprefix(prefix): v for k, v in full.items()},
             get_optimizer_state_dict(model, optimizer, options=options))
 
 
@@ -358,7 +374,8 @@ def _clip_expert_parallel(model: nn.Module, max_norm: float, groups) -> None:
 
 @torch.no_grad()
 def _fixed_val_loss(model: nn.Module, data: TokenData, cfg: TrainConfig, device,
-                    ctx: DistContext | None = None, precision: str = "fp32") -> float:
+                    ctx: DistContext | None = None, precision: str = "fp32",
+                    loss_module: LMLoss | None = None) -> float:
     """Mean loss over `eval_batches` validation batches that are the same at every call.
 
     Several ranks share the batches (batch j on rank j % world_size); a rank with nothing
@@ -376,7 +393,10 @@ def _fixed_val_loss(model: nn.Module, data: TokenData, cfg: TrainConfig, device,
         j = i * ctx.world_size + ctx.rank
         x, y = batches[j if j < cfg.eval_batches else 0]
         with _autocast(precision, device):
-            loss = _lm_loss(model, x.to(device), y.to(device)).item()
+            if loss_module is None:
+                loss = _lm_loss(model, x.to(device), y.to(device)).item()
+            else:
+                loss = loss_module(x.to(device), y.to(device))[0].item()
         if j < cfg.eval_batches:
             losses.append(loss)
     model.train(was_training)
@@ -405,13 +425,14 @@ class _Run:
     scaler: torch.amp.GradScaler
     export: Callable[[], nn.Module]  # builds an unsharded CPU model to save weights from
     expert_parallel: bool
+    loss_module: LMLoss | None = None  # the FSDP2 root under `shard`
 
 
 def _save(run: _Run, step: int, window: list[float], aux_window: dict[str, list[float]]):
     """Write the checkpoint of `step` (rank 0 writes; every rank must call: collective)."""
     cfg, out, ctx, model = run.cfg, run.out, run.ctx, run.model
     if cfg.shard:
-        full_model, optimizer_state = _fsdp_state_dicts(model, run.optimizer)
+        full_model, optimizer_state = _fsdp_state_dicts(run.loss_module, run.optimizer)
     elif run.expert_parallel:
         full_model, optimizer_state = _full_moe_state(model, ctx), None
         rank_dir = out / RANK_STATE_DIR
@@ -543,14 +564,16 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
     fpt = flops_per_token(model, cfg.n_layer, cfg.n_embd, cfg.block_size)
     teacher = _teacher(cfg, data, dev)
 
+    # the fused LM-head loss never makes the logits, which distillation needs
+    loss_module = LMLoss(model, fused=kernels == "triton" and teacher is None)
     if cfg.shard:
-        _shard_fsdp(model)
+        _shard_fsdp(loss_module)
     if cfg.compile:
-        model.compile()
-    trained: nn.Module = model  # what the training forward calls
+        loss_module.compile()
+    trained: nn.Module = loss_module  # what the training forward calls
     if ctx.enabled and not cfg.is_moe and not cfg.shard:
         ddp_ids = [dev.index] if dev.type == "cuda" else None
-        trained = nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids)
+        trained = nn.parallel.DistributedDataParallel(loss_module, device_ids=ddp_ids)
     optimizer = _optimizer(model, cfg)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     start = 0
@@ -560,7 +583,7 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
         if expert_parallel:
             optimizer.load_state_dict(own["optimizer"])
         elif cfg.shard:
-            _fsdp_load_optimizer(model, optimizer, state["optimizer"])
+            _fsdp_load_optimizer(loss_module, optimizer, state["optimizer"])
         else:
             optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -581,7 +604,8 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
         return model_builder(dataclasses.replace(cfg, kernels="torch"), data.meta.vocab_size,
                              data.meta.eot_id)
 
-    run = _Run(cfg, out, data, ctx, model, optimizer, scaler, export, expert_parallel)
+    run = _Run(cfg, out, data, ctx, model, optimizer, scaler, export, expert_parallel,
+               loss_module)
     peak = peak_tflops if peak_tflops is not None else peak_tflops_for(dev)
     tokens_per_step = cfg.batch_size * cfg.grad_accum * ctx.world_size * cfg.block_size
     mine = ctx.my_micro_batches(cfg.grad_accum)
@@ -615,11 +639,9 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
                 if isinstance(trained, nn.parallel.DistributedDataParallel) and not last:
                     stack.enter_context(trained.no_sync())
                 if cfg.shard:
-                    model.set_requires_gradient_sync(last)
+                    loss_module.set_requires_gradient_sync(last)
                 with _autocast(precision, dev):
-                    logits, _ = trained(x)  # (B, T, V)
-                    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                           y.reshape(-1))
+                    loss, logits = trained(x, y)  # (), (B, T, V) or None when fused
                     aux = _aux_losses(model)
                     metrics = _train_metrics(model)
                     total = loss + sum(aux.values()) if aux else loss
@@ -666,7 +688,7 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
         done = step + 1
         saved = False
         if done % cfg.eval_interval == 0 or done == cfg.max_steps:
-            val_loss = _fixed_val_loss(model, data, cfg, dev, ctx, precision)
+            val_loss = _fixed_val_loss(model, data, cfg, dev, ctx, precision, loss_module)
             tokens_per_s = timed_steps * tokens_per_step / timed_s
             row = {"step": done, "lr": lr, "train_loss": sum(window) / len(window),
                    "val_loss": val_loss, "tokens": done * tokens_per_step,

@@ -94,3 +94,22 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, ti
     # the expert-parallel checkpoint holds every expert: it loads as the full model
     full = load_file(ref / "moe" / "model.safetensors")
     assert a.keys() == full.keys()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_tandem_train_nproc_2_launches_torchrun(tmp_path, tiny_corpus, capfd):
+    from host.cli import main as tandem
+
+    flags = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
+             "--batch-size", "4", "--max-steps", "2", "--eval-interval", "2",
+             "--eval-batches", "2", "--warmup-steps", "1", "--device", "cpu"]
+    out = tmp_path / "run"
+    assert tandem(["train", "--data", str(tiny_corpus), "--out", str(out), "--nproc", "2",
+                   *flags]) == 0
+    printed = capfd.readouterr().out
+    assert printed.count('"steps": 2') == 1  # rank 0 alone reports
+    (row,) = _log(out)
+    assert row["tokens"] == 2 * 4 * 32 * 2  # steps x batch x block x processes
+    assert (out / ".tandem-out").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary sibling left

@@ -24,7 +24,7 @@ TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 32, "batch_size":
         "max_steps": 6}
 FLAGS = ["--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "32",
          "--batch-size", "4", "--warmup-steps", "2", "--lr", "3e-3", "--min-lr", "3e-4",
-         "--eval-interval", "2", "--eval-batches", "2", "--max-steps", "6", "--grad-accum", "2",
+         "--eval-interval", "2", "--eval-batches", "2", "--max-steps", "4", "--grad-accum", "2",
          "--device", "cpu", "--no-progress"]
 TIMING = ("elapsed_s", "tokens_per_s")
 
@@ -55,7 +55,7 @@ def test_stop_after_then_resume_gives_the_uninterrupted_log(tmp_path, tiny_corpu
     assert tandem(["train", *data, "--out", str(tmp_path / "resumed"), *FLAGS, "--resume",
                    "--kernels", "triton"]) == 0
     straight, resumed = _log(tmp_path / "straight"), _log(tmp_path / "resumed")
-    assert [r["step"] for r in straight] == [2, 4, 6]
+    assert [r["step"] for r in straight] == [2, 4]
     assert resumed == straight  # train and val losses bit-identical, and everything else
     assert _same_weights(tmp_path / "straight", tmp_path / "resumed")
 
@@ -171,3 +171,19 @@ def test_bad_options_exit_2_with_one_line(flags, message, tmp_path, capsys):
     assert message in err
     assert err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_the_loss_module_computes_the_models_loss(tiny_corpus):
+    from models.data import TokenData
+    from models.train.trainer import LMLoss
+
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(**TINY), 512, 0)
+    x, y = TokenData(tiny_corpus).batch("train", 2, 32, torch.Generator().manual_seed(0))
+    loss, logits = LMLoss(model)(x, y)
+    assert logits.shape == (2, 32, 512)
+    fused, none = LMLoss(model, fused=True)(x, y)  # the model's lm_loss (torch kernels here)
+    assert none is None
+    assert torch.equal(fused, loss)
+    assert torch.equal(loss, torch.nn.functional.cross_entropy(model(x)[0].reshape(-1, 512),
+                                                               y.reshape(-1)))
