@@ -70,7 +70,9 @@ def default_chunk_size(n_rows: int, vocab: int) -> int:
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
+    # under CUDA autocast the backward's recomputed logits use the forward's precision
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, hidden, weight, targets, ignore_index: int, chunk: int):
         N = hidden.shape[0]
         V = weight.shape[0]
@@ -92,6 +94,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dloss):
         hidden, weight, targets, lse, valid, n_valid = ctx.saved_tensors
         chunk = ctx.chunk
