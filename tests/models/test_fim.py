@@ -55,7 +55,7 @@ def test_hand_computed_psm_and_spm():
     # u >= rate: plain, and nothing else is drawn
     assert fim_transform(DOC, Draws(len(DOC), [0.5], []), FIMConfig(0.5, 0.5)) is None
     ex = fim_transform(DOC, Draws(len(DOC), [0.999, 0.0], [[3, 3]]), FIMConfig(1.0, 0.0))
-    assert ex == FIMExample("def", "", "f(x):\n    return x\n", "psm")  # rate 1: always cut
+    assert ex == FIMExample("def", "", " f(x):\n    return x\n", "psm")  # rate 1: always cut
     assert fim_transform(DOC, Draws(len(DOC), [0.0], []), FIMConfig(0.0, 1.0)) is None
 
 
