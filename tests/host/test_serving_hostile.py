@@ -178,7 +178,9 @@ def test_a_body_that_never_arrives_is_answered_408(tiny_checkpoint):
             sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
                          b"Content-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"pro")
             begun = time.monotonic()
-            reply = sock.recv(65536)
+            reply = b""
+            while chunk := sock.recv(65536):  # the server closes the connection after it
+                reply += chunk
             assert time.monotonic() - begun < 4
         assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
         assert b"did not arrive within 1 s" in reply
@@ -250,7 +252,7 @@ def test_tokenizing_runs_off_the_event_loop(tiny_checkpoint):
                 latencies.append(time.monotonic() - begun)
             assert all(f.result()[0] == 200 for f in pending)
     print(f"/health while tokenizing: max {max(latencies) * 1e3:.0f} ms")
-    assert max(latencies) < 0.3
+    assert max(latencies) < 0.45  # less than one slow tokenization (0.5 s)
 
 
 # -- inputs that answered 500 -------------------------------------------------------------------
