@@ -1,8 +1,9 @@
 """Deliberate bugs against the tests that exist to catch them.
 
-    python scripts/mutation_check.py [--only NAME ...] [--working-tree] [--keep]
+    python scripts/mutation_check.py [--only NAME ...] [--rev REV | --working-tree] [--keep]
 
-Exports the committed tree (`git archive HEAD`, or the working tree's tracked files with
+Exports the committed tree (`git archive HEAD`, another revision with --rev, e.g. one from
+before a test was strengthened to see what it missed, or the working tree's tracked files with
 --working-tree) into a temporary directory, never touching the checkout. First runs every
 target test file there unchanged (each must pass), then applies each mutation below alone,
 runs its test file, and restores the file. A mutation is caught when its test file fails.
@@ -82,7 +83,7 @@ MUTATIONS = [
 ]
 
 
-def export_tree(dest: Path, working_tree: bool) -> None:
+def export_tree(dest: Path, working_tree: bool, rev: str = "HEAD") -> None:
     if working_tree:
         files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True,
                                capture_output=True).stdout.decode().split("\0")
@@ -94,7 +95,7 @@ def export_tree(dest: Path, working_tree: bool) -> None:
         return
     archive = dest / ".export.tar"
     with archive.open("wb") as out:
-        subprocess.run(["git", "archive", "HEAD"], cwd=REPO, check=True, stdout=out)
+        subprocess.run(["git", "archive", rev], cwd=REPO, check=True, stdout=out)
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
     archive.unlink()
@@ -115,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help="run only these mutations (names as printed)")
-    parser.add_argument("--working-tree", action="store_true",
-                        help="copy the tracked files as they are now instead of HEAD")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--rev", default="HEAD", help="the revision to export (default HEAD)")
+    where.add_argument("--working-tree", action="store_true",
+                       help="copy the tracked files as they are now instead of a revision")
     parser.add_argument("--keep", action="store_true", help="keep the temporary tree")
     args = parser.parse_args(argv)
     chosen = MUTATIONS
@@ -126,11 +129,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutation_check: unknown mutation {', '.join(unknown)}", file=sys.stderr)
             return 2
         chosen = [m for m in MUTATIONS if m.name in args.only]
+    if not args.working_tree and subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", f"{args.rev}^{{commit}}"], cwd=REPO,
+            capture_output=True).returncode:
+        print(f"mutation_check: --rev {args.rev} is not a commit", file=sys.stderr)
+        return 2
     tree = Path(tempfile.mkdtemp(prefix="tandem-mutants-"))
     ok = True
     try:
-        export_tree(tree, args.working_tree)
-        print(f"tree: {'working tree' if args.working_tree else 'HEAD'} in {tree}")
+        export_tree(tree, args.working_tree, args.rev)
+        print(f"tree: {'working tree' if args.working_tree else args.rev} in {tree}")
         for tests in dict.fromkeys(m.tests for m in chosen):
             passed, seconds, tail = run_tests(tree, tests)
             print(f"baseline  {'pass' if passed else 'FAIL'}  {seconds:6.1f} s  {tests}")
