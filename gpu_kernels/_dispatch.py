@@ -25,8 +25,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     HAVE_TRITON = False
     triton = None
 
-    class _NoTriton:  # lets the kernel signatures (`x: tl.constexpr`) evaluate without triton
-        constexpr = object
+    class _NoTriton:  # lets the kernel modules (`x: tl.constexpr`) load without triton
+        @staticmethod
+        def constexpr(value=None):
+            return value
 
     tl = _NoTriton()
 

@@ -34,8 +34,43 @@ __all__ = ["attention_reference", "flash_attention"]
 # -- kernels --------------------------------------------------------------------------------
 
 
+
+
 @jit
-def _attn_fwd(Q, K, V, Out, LSE,  # LSE: (B*H, Tq) fp32
+def _attn_fwd_tiles(acc, l_i, m_i, q, K, V, k_base, v_base, skt, svt, rows, lo, hi, Tk, past_len,
+                    qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                    BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """Fold key/value tiles lo..hi into the online softmax (scores in the log2 domain).
+    MASKED tiles check key bounds (and causality); the others are wholly visible."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        if MASKED:
+            kt = tl.load(K + k_base + cols[None, :] * skt + offs_d[:, None],
+                         mask=cols[None, :] < Tk, other=0.0)  # (D, BLOCK_N)
+            v = tl.load(V + v_base + cols[:, None] * svt + offs_d[None, :],
+                        mask=cols[:, None] < Tk, other=0.0)  # (BLOCK_N, D)
+        else:
+            kt = tl.load(K + k_base + cols[None, :] * skt + offs_d[:, None])
+            v = tl.load(V + v_base + cols[:, None] * svt + offs_d[None, :])
+        s = tl.dot(q, kt) * qk_scale  # (BLOCK_M, BLOCK_N) fp32, log2 units
+        if MASKED:
+            valid = cols[None, :] < Tk
+            if CAUSAL:
+                valid = valid & (cols[None, :] <= past_len + rows[:, None])
+            s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: key 0 is visible to every query
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@jit
+def _attn_fwd(Q, K, V, Out, LSE,  # LSE: (B*H, Tq) fp32, natural log
               sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
               H, Tq, Tk, past_len, scale,
               CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -44,38 +79,33 @@ def _attn_fwd(Q, K, V, Out, LSE,  # LSE: (B*H, Tq) fp32
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
+    m0 = pid_m * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqt + offs_d[None, :],
                 mask=rows[:, None] < Tq, other=0.0)  # (BLOCK_M, D)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
+    qk_scale = scale * 1.4426950408889634  # log2(e): scores in log2 units for exp2
+    k_base = b * skb + h * skh
+    v_base = b * svb + h * svh
+    # tiles every query of this tile sees in full, then the ragged / diagonal ones, masked
+    full_end = Tk // BLOCK_N * BLOCK_N
     hi = Tk
     if CAUSAL:
-        hi = tl.minimum(Tk, past_len + (pid_m + 1) * BLOCK_M)
-    for start_n in range(0, hi, BLOCK_N):
-        cols = start_n + offs_n
-        kt = tl.load(K + b * skb + h * skh + cols[None, :] * skt + offs_d[:, None],
-                     mask=cols[None, :] < Tk, other=0.0)  # (D, BLOCK_N)
-        s = tl.dot(q, kt) * scale  # (BLOCK_M, BLOCK_N) fp32
-        valid = cols[None, :] < Tk
-        if CAUSAL:
-            valid = valid & (cols[None, :] <= past_len + rows[:, None])
-        s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: key 0 is visible to every query
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + b * svb + h * svh + cols[:, None] * svt + offs_d[None, :],
-                    mask=cols[:, None] < Tk, other=0.0)  # (BLOCK_N, D)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        full_end = tl.minimum(full_end, (past_len + m0 + 1) // BLOCK_N * BLOCK_N)
+        hi = tl.minimum(Tk, past_len + m0 + BLOCK_M)
+    acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, K, V, k_base, v_base, skt, svt, rows, 0,
+                                    full_end, Tk, past_len, qk_scale, False, CAUSAL, BLOCK_N, D)
+    acc, l_i, m_i = _attn_fwd_tiles(acc, l_i, m_i, q, K, V, k_base, v_base, skt, svt, rows,
+                                    full_end, hi, Tk, past_len, qk_scale, True, CAUSAL, BLOCK_N,
+                                    D)
     acc = acc / l_i[:, None]
     tl.store(Out + b * sob + h * soh + rows[:, None] * sot + offs_d[None, :],
              acc.to(Out.dtype.element_ty), mask=rows[:, None] < Tq)
-    tl.store(LSE + bh * Tq + rows, m_i + tl.log(l_i), mask=rows < Tq)
+    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453  # back to natural log: * ln(2)
+    tl.store(LSE + bh * Tq + rows, lse, mask=rows < Tq)
 
 
 @jit

@@ -13,10 +13,10 @@ from ._dispatch import FLOATS, check_same_device, check_tensor, jit, tl, triton,
 
 __all__ = ["bias_gelu", "bias_gelu_reference"]
 
-_SQRT_2_OVER_PI = 0.7978845608028654
-_INV_SQRT_2 = 0.7071067811865476
-_INV_SQRT_2PI = 0.3989422804014327
 APPROXIMATIONS = ("tanh", "none")
+# constants are written as literals inside the kernels (a jit function reads no plain global):
+# 0.7978845608028654 = sqrt(2 / pi), 0.7071067811865476 = 1 / sqrt(2),
+# 0.3989422804014327 = 1 / sqrt(2 pi)
 
 
 @jit
@@ -36,10 +36,10 @@ def _gelu_fwd(X, B, Y, numel, N, HAS_BIAS: tl.constexpr, TANH: tl.constexpr,
     if HAS_BIAS:
         u += tl.load(B + offs % N, mask=mask, other=0.0).to(tl.float32)
     if TANH:
-        t = _tanh(_SQRT_2_OVER_PI * (u + 0.044715 * u * u * u))
+        t = _tanh(0.7978845608028654 * (u + 0.044715 * u * u * u))
         y = 0.5 * u * (1.0 + t)
     else:
-        y = 0.5 * u * (1.0 + tl.erf(u * _INV_SQRT_2))
+        y = 0.5 * u * (1.0 + tl.erf(u * 0.7071067811865476))
     tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -53,11 +53,12 @@ def _gelu_bwd(X, B, DY, DX, numel, N, HAS_BIAS: tl.constexpr, TANH: tl.constexpr
         u += tl.load(B + offs % N, mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
     if TANH:
-        t = _tanh(_SQRT_2_OVER_PI * (u + 0.044715 * u * u * u))
-        grad = 0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * _SQRT_2_OVER_PI * (
+        t = _tanh(0.7978845608028654 * (u + 0.044715 * u * u * u))
+        grad = 0.5 * (1.0 + t) + 0.5 * u * (1.0 - t * t) * 0.7978845608028654 * (
             1.0 + 3.0 * 0.044715 * u * u)
     else:
-        grad = 0.5 * (1.0 + tl.erf(u * _INV_SQRT_2)) + u * tl.exp(-0.5 * u * u) * _INV_SQRT_2PI
+        grad = (0.5 * (1.0 + tl.erf(u * 0.7071067811865476))
+                + u * tl.exp(-0.5 * u * u) * 0.3989422804014327)
     tl.store(DX + offs, (dy * grad).to(DX.dtype.element_ty), mask=mask)
 
 
