@@ -18,6 +18,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from hw.outdir import check_output_dir, output_dir
 from models.data import prepare_corpus
 from models.train import TrainConfig, check_options, train
@@ -82,6 +84,9 @@ def run(args) -> int:
         raise UsageError(f"{out} already holds a run; pass --resume to continue it, --force to "
                          "replace it, or pick another --out")
     if not (Path(args.data) / "meta.json").is_file():
+        if under_torchrun():  # the ranks would all build it at once
+            raise UsageError(f"{args.data} holds no prepared corpus; build it first with "
+                             "`tandem data` (ranks under torchrun do not)")
         with output_dir(args.data, "data", flag="--data") as tmp:
             prepare_corpus(tmp)
     if args.nproc > 1:
@@ -147,6 +152,11 @@ def _launch(args, inputs) -> int:
     sibling of --out, which becomes --out when all ranks end well (or were interrupted after
     a checkpoint, to be resumed)."""
     if args.resume:
+        saved = torch.load(Path(args.out) / STATE_FILE, map_location="cpu", weights_only=True,
+                           mmap=True).get("world_size", 1)
+        if saved != args.nproc:
+            raise UsageError(f"cannot resume {args.out}: it was trained by {saved} process(es); "
+                             f"resume with --nproc {saved} (the data order depends on it)")
         return run_torchrun(args.nproc, "host.cli", _child_argv(args, Path(args.out), False))
     status = 0
     try:

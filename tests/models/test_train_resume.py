@@ -102,9 +102,16 @@ def test_rng_states_round_trip():
     assert got[2] == want[2]
 
 
-def test_resume_with_another_process_count_is_refused(tmp_path, tiny_corpus):
+def test_resume_with_another_process_count_is_refused(tmp_path, tiny_corpus, capsys):
     cfg = TrainConfig(**TINY)
     train(cfg, tiny_corpus, tmp_path, progress=False, stop_after=2)
+    capsys.readouterr()
+    code = tandem(["train", "--data", str(tiny_corpus), "--out", str(tmp_path), "--resume",
+                   "--nproc", "2", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "trained by 1 process(es); resume with --nproc 1" in err
+    assert err.count("\n") == 1
     state = torch.load(tmp_path / STATE_FILE, weights_only=True)
     state["world_size"] = 2
     torch.save(state, tmp_path / STATE_FILE)
