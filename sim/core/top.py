@@ -167,6 +167,7 @@ def build(simulator: str, bench: Bench, build_root: Path | None = None):
     # takes ~10x longer on the model's C++ at -Os than at -O0, which costs more than the
     # short end-to-end runs gain
     extra = ["-fno-merge-cond"] if simulator == "verilator" else []
-    return runner.build(simulator, build_dir, sources, TOPLEVEL, extra_args=extra,
-                        cxx_opt="-O0", log_file=build_dir / "build.log"), build_dir
+    return runner.build(simulator, build_dir, sources, TOPLEVEL, includes=[_HDL],
+                        extra_args=extra, cxx_opt="-O0",
+                        log_file=build_dir / "build.log"), build_dir
 

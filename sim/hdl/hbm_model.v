@@ -68,8 +68,8 @@ module tandem_hbm_model #(
     integer log_file;
     reg have_dump;
     reg dumped;
-    reg [8:0] rate;
-    reg [31:0] seed;
+    localparam RATE_ARG = "hbm_rate=%d";
+`include "random_pauses.vh"
     integer k;
     initial begin
         for (k = 0; k < DEPTH; k = k + 1)
@@ -80,20 +80,7 @@ module tandem_hbm_model #(
         log_file = 0;
         if (LOG_BYTES != 0 && $value$plusargs(LOG_ARG, log_path))
             log_file = $fopen(log_path, "w");
-        if (!$value$plusargs("hbm_rate=%d", rate))
-            rate = 256;
-        if (!$value$plusargs("seed=%d", seed))
-            seed = 0;
     end
-
-    function [31:0] xorshift(input [31:0] x);
-        reg [31:0] y;
-        begin
-            y = x ^ (x << 13);
-            y = y ^ (y >> 17);
-            xorshift = y ^ (y << 5);
-        end
-    endfunction
 
     reg [31:0] cycle;
     reg [31:0] rnd_ar, rnd_r, rnd_aw, rnd_w, rnd_b;

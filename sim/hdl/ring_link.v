@@ -32,23 +32,8 @@ module tandem_ring_link #(
     reg [31:0] cycle;
     reg [31:0] next_slot;  // the link is free to start a flit from this cycle on
     reg [31:0] rnd;
-    reg [8:0] rate;
-    reg [31:0] seed;
-    initial begin
-        if (!$value$plusargs("link_rate=%d", rate))
-            rate = 256;
-        if (!$value$plusargs("seed=%d", seed))
-            seed = 0;
-    end
-
-    function [31:0] xorshift(input [31:0] x);
-        reg [31:0] y;
-        begin
-            y = x ^ (x << 13);
-            y = y ^ (y >> 17);
-            xorshift = y ^ (y << 5);
-        end
-    endfunction
+    localparam RATE_ARG = "link_rate=%d";
+`include "random_pauses.vh"
 
     assign s_tready = !rst && (count < 64) && (cycle >= next_slot);
     wire push = s_tvalid && s_tready;
