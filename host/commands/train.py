@@ -23,8 +23,9 @@ import torch
 from hw.outdir import check_output_dir, output_dir
 from models.data import prepare_corpus
 from models.train import TrainConfig, check_options, train
+from models.train.distributed import check_device
 from models.train.launch import check_nproc, run_torchrun, under_torchrun
-from models.train.trainer import STATE_FILE, resolve_device
+from models.train.trainer import STATE_FILE
 
 from ..errors import UsageError
 from .options import add_dataclass_options, dataclass_from_args
@@ -116,8 +117,7 @@ def _check_run_options(cfg: TrainConfig, args) -> None:
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         raise UsageError(f"--peak-tflops must be > 0, not {args.peak_tflops}")
     world = args.nproc if args.nproc > 1 else int(os.environ.get("WORLD_SIZE", "1"))
-    check_options(cfg, world, resolve_device("cuda" if args.device.startswith("cuda")
-                                             else args.device))
+    check_options(cfg, world, check_device(args.device))
 
 
 class _LaunchFailed(Exception):

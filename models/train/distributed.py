@@ -26,6 +26,7 @@ from ..errors import ModelConfigError
 __all__ = [
     "NUMPY_GLOBAL_RNG",
     "DistContext",
+    "check_device",
     "get_rng_states",
     "init_distributed",
     "seed_global_rngs",
@@ -94,6 +95,19 @@ def _env_int(name: str, default: int) -> int:
                                ) from None
 
 
+def check_device(device: str) -> torch.device:
+    """The device type a `device` option (auto, cpu, cuda, cuda:N) trains on; refuses others
+    and CUDA where there is none."""
+    if device not in ("auto", "cpu", "cuda") and not (
+            device.startswith("cuda:") and device[5:].isdigit()):
+        raise ModelConfigError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ModelConfigError(f"device {device} was asked for but torch.cuda.is_available() "
+                               "is False; use --device cpu")
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
 def init_distributed(device: str = "auto") -> DistContext:
     """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*), or
     use one the caller already initialised; one process when there is neither.
@@ -101,11 +115,7 @@ def init_distributed(device: str = "auto") -> DistContext:
     Device: `auto` is CUDA when present, else the CPU; with CUDA each process takes the GPU of
     its LOCAL_RANK. The backend is NCCL on CUDA and gloo on the CPU.
     """
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ModelConfigError(f"device must be auto, cpu or cuda, not {device!r}")
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise ModelConfigError("device cuda was asked for but torch.cuda.is_available() is False")
+    use_cuda = check_device(device).type == "cuda"
     owns = False
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()

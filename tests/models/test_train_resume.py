@@ -162,6 +162,7 @@ def test_bf16_autocast_on_the_cpu_trains_close_to_fp32(tmp_path, tiny_corpus):
      (["--stop-after", "0"], "--stop-after must be a positive step number, not 0"),
      (["--peak-tflops", "0"], "--peak-tflops must be > 0"),
      (["--precision", "fp16", "--device", "cpu"], "precision fp16 needs CUDA"),
+     (["--device", "tpu"], "device must be auto, cpu, cuda or cuda:N, not 'tpu'"),
      (["--precision", "fp8"], "precision must be one of auto, fp32, bf16, fp16"),
      (["--kernels", "cuda"], "kernels must be one of torch, triton, auto"),
      (["--moe-ep-size", "2"], "moe_ep_size > 1 needs an MoE model"),
