@@ -9,6 +9,12 @@ Data. An optimiser step consumes a global batch of `grad_accum * world_size` mic
 step), as in one process). Micro-batch j goes to rank j % world_size, so N processes with
 `grad_accum` A see exactly the windows one process sees with `grad_accum` A * N, and its
 loss (the mean over the A * N micro-batches) is the same number up to summation order.
+
+Randomness inside the model (MoE random token selection, router jitter, second-expert
+sampling, the DTS gate's Gumbel noise, dropout) is drawn from per-rank streams, each a
+function of (seed, step, rank): a resumed run repeats it exactly, but an MoE run with random
+routing on N processes is a different, equally valid draw than on one. With deterministic
+routing N processes equal one (tests/models/test_train_ddp.py).
 """
 
 from __future__ import annotations
