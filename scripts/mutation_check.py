@@ -33,22 +33,25 @@ class Mutation:
     path: str  # file to mutate, relative to the repository root
     old: str  # exact text, found exactly once
     new: str
-    tests: str  # the test file that must fail
+    tests: str  # the test file (or one test of it) that must fail
     why: str
 
 
 MUTATIONS = [
     Mutation(
         "c_proj-shifted-one-column", "host/compiler/images.py",
-        "_place(w_proj, col_h, plan.hp)", "_place(w_proj, col_h + 1, plan.hp)",
-        "tests/host/test_compiler.py",
-        "attention output projection stored one column to the right in the HBM image"),
+        'w_proj = t(p + "attn.c_proj.weight").T[out_c]',
+        'w_proj = t(p + "attn.c_proj.weight").T[(out_c + 1) % c]',
+        "tests/host/test_compiler.py::test_weights_land_in_the_planned_layout",
+        "each device's slice of attn.c_proj taken one output column to the right"),
     Mutation(
         "vbuf-read-port-never-granted", "rtl/core/vbuf.py",
-        "            for k in range(len(self.read)):\n                with m.If(granted == k):",
-        "            for k in range(len(self.read) - 1):\n                with m.If(granted == k):",
+        "            for k in reversed(range(len(self.read))):\n"
+        "                with m.If(self.read[k].req.valid & (rd_banks[k] == b)):",
+        "            for k in reversed(range(len(self.read) - 1)):\n"
+        "                with m.If(self.read[k].req.valid & (rd_banks[k] == b)):",
         "tests/rtl/test_vbuf.py",
-        "the last read port never sees ready"),
+        "the arbiters leave the last read port out: never granted, never answered"),
     Mutation(
         "batch-window-reversed", "models/data/dataset.py",
         "data[s : s + block_size + 1] for s", "data[s : s + block_size + 1][::-1] for s",

@@ -45,96 +45,115 @@ def test_what_cannot_be_mapped_is_refused_by_name(shape, config, message):
 
 
 def _hidden_pos(f):
-    """Hidden feature f in the gapped layout of this test's plan: 2 slices of 20, each padded
-    to 24 words (align 8)."""
-    return (f // 20) * 24 + f % 20
+    """Hidden feature f (of 50) in this test's slotted layout: 7 beats of 8 split 3/2/2 over
+    3 devices (24, 16 and 10 values), each device's share in a slot of 24 words."""
+    return f if f < 40 else f + 8  # device 2's 10 values start at 2 * 24
+
+
+def _mlp_pos(j):
+    """MLP feature j (of 200): 25 beats split 9/8/8 (72, 64, 64 values) in slots of 72."""
+    return j if j < 136 else j + 8  # device 2's values start at 2 * 72
 
 
 def _head_pos(f):
-    """Input feature f of attn.c_proj (4 heads of 10, each padded to 16 words)."""
+    """Input feature f of attn.c_proj: 5 heads of 10, split 2/2/1, each head padded to 16
+    words in slots of 2 heads; device 2's second head slot stays empty."""
     return (f // 10) * 16 + f % 10
 
 
 def test_weights_land_in_the_planned_layout(tmp_path):
     """Every weight region of every device's image, element by element, against positions
     written out here from the layout rules (not from the compiler's helpers)."""
-    model = hf_checkpoint(tmp_path, 301, 32, 40, 2, 4)  # head dim 10, slices of 20: gaps
-    config = PRESETS["tiny"].with_devices(2)
+    model = hf_checkpoint(tmp_path, 301, 32, 50, 2, 5)  # head dim 10, uneven 3-device split
+    config = PRESETS["tiny"].with_devices(3)
     compiled = compile_model(model, config)
     plan = compiled.plan
-    # the layout this test derives by hand: C=40 over 2 devices, align 8, 4 HBM ports
-    assert (plan.c_l, plan.c_lp, plan.cp, plan.hd, plan.hdp, plan.hp) == (20, 24, 48, 10, 16, 64)
-    assert (plan.i_l, plan.i_lp, plan.ip, plan.qkv_rows, plan.vocab_local) == (80, 80, 160, 96,
-                                                                                152)
-    assert (plan.ldb_c, plan.ldb_h, plan.ldb_i) == (6, 8, 20)
+    # the layout this test derives by hand: C=50, I=200 over 3 devices, align 8, 4 HBM ports
+    assert (plan.head_counts, plan.c_counts, plan.i_counts) == ([2, 2, 1], [24, 16, 10],
+                                                                  [72, 64, 64])
+    assert (plan.c_lp, plan.cp, plan.hd, plan.hdp, plan.hp) == (24, 72, 10, 16, 96)
+    assert (plan.i_lp, plan.ip, plan.qkv_rows, plan.vocab_local) == (72, 216, 96, 104)
+    assert (plan.ldb_c, plan.ldb_h, plan.ldb_i) == (9, 12, 27)
     # the regions checked below are all the image holds besides the KV cache
     assert set(plan.hbm) == {"wte", "wpe", "lnf", "cmask", "layers", "kv"}
     assert set(plan.layer_regions) == {"par", "c_attn", "c_proj", "c_fc", "c_fcproj"}
     state = {k: v.half().float().numpy() for k, v in model.state_dict().items()}
-    hid = [_hidden_pos(f) for f in range(40)]
 
-    def on_hidden(rows):  # (R, 40) -> (R, 48), zeros in the gaps
-        out = np.zeros((rows.shape[0], 48), np.float32)
-        for f in range(40):
-            out[:, hid[f]] = rows[:, f]
+    def spread(rows, n, width, pos):  # (R, n) -> (R, width), column f at pos(f), zeros else
+        out = np.zeros((rows.shape[0], width), np.float32)
+        for f in range(n):
+            out[:, pos(f)] = rows[:, f]
         return out
 
-    for d in range(2):
+    def on_hidden(rows):
+        return spread(rows, 50, 72, _hidden_pos)
+
+    def vec(v):
+        return on_hidden(v[None])[0]
+
+    heads = {0: (0, 2), 1: (2, 2), 2: (4, 1)}  # device -> (first head, heads)
+    cols = {0: (0, 24), 1: (24, 16), 2: (40, 10)}  # device -> (first column, columns)
+    mlp = {0: (0, 72), 1: (72, 64), 2: (136, 64)}
+    for d in range(3):
         image = compiled.images[d]
 
         def matrix(offset, ldb, rows, image=image):  # every column the rows hold
             return image.read_matrix(offset, ldb, rows, ldb * 8).astype(np.float32)
 
-        # embeddings, whole on every device; wte has 2 x 152 rows, the last 3 zero
-        want = np.zeros((304, 48), np.float32)
+        # embeddings, whole on every device; wte has 3 x 104 rows, the last 11 zero
+        want = np.zeros((312, 72), np.float32)
         want[:301] = on_hidden(state["transformer.wte.weight"])
-        assert np.array_equal(matrix(plan.hbm["wte"].offset, 6, 304), want)
-        assert np.array_equal(matrix(plan.hbm["wpe"].offset, 6, 32),
+        assert np.array_equal(matrix(plan.hbm["wte"].offset, 9, 312), want)
+        assert np.array_equal(matrix(plan.hbm["wpe"].offset, 9, 32),
                               on_hidden(state["transformer.wpe.weight"]))
-        lnf = image.read_vector(plan.hbm["lnf"].offset, 96).astype(np.float32)
-        assert np.array_equal(lnf[:48], on_hidden(state["transformer.ln_f.weight"][None])[0])
-        assert np.array_equal(lnf[48:], on_hidden(state["transformer.ln_f.bias"][None])[0])
-        cmask = image.read_vector(plan.hbm["cmask"].offset, 48)
-        assert np.array_equal(cmask, on_hidden(np.ones((1, 40)))[0])
+        lnf = image.read_vector(plan.hbm["lnf"].offset, 144).astype(np.float32)
+        assert np.array_equal(lnf[:72], vec(state["transformer.ln_f.weight"]))
+        assert np.array_equal(lnf[72:], vec(state["transformer.ln_f.bias"]))
+        cmask = image.read_vector(plan.hbm["cmask"].offset, 72)
+        assert np.array_equal(cmask, vec(np.ones(50)))
+        h0, hn = heads[d]
+        c0, cn = cols[d]
+        m0, mn = mlp[d]
         for layer in range(2):
             p = f"transformer.h.{layer}."
             base = plan.hbm["layers"].offset + layer * plan.layer_stride
             at = {k: base + r.offset for k, r in plan.layer_regions.items()}
-            # c_attn: q, k, v of local heads 2d, 2d+1, each head's 10 rows padded to 16
+            # c_attn: q, k, v of this device's heads, each head's 10 rows padded to 16
             w_attn, b_attn = state[p + "attn.c_attn.weight"], state[p + "attn.c_attn.bias"]
-            want_w, want_b = np.zeros((96, 40), np.float32), np.zeros(96, np.float32)
+            want_w, want_b = np.zeros((96, 50), np.float32), np.zeros(96, np.float32)
             for part in range(3):
-                for h in range(2):
+                for h in range(hn):
                     for j in range(10):
-                        src = part * 40 + (2 * d + h) * 10 + j  # HF Conv1D: (in, out)
-                        want_w[(part * 2 + h) * 16 + j] = w_attn[:, src]
-                        want_b[(part * 2 + h) * 16 + j] = b_attn[src]
-            assert np.array_equal(matrix(at["c_attn"], 6, 96), on_hidden(want_w))
-            # attn.c_proj: output features 20d..20d+19, inputs in the heads-padded layout
-            w_proj = state[p + "attn.c_proj.weight"]
-            want = np.zeros((20, 64), np.float32)
-            for r in range(20):
-                for f in range(40):
-                    want[r, _head_pos(f)] = w_proj[f, 20 * d + r]
-            assert np.array_equal(matrix(at["c_proj"], 8, 20), want)
-            # mlp.c_fc: output features 80d..80d+79, inputs in the hidden layout
-            w_fc = state[p + "mlp.c_fc.weight"]
-            assert np.array_equal(matrix(at["c_fc"], 6, 80),
-                                  on_hidden(w_fc[:, 80 * d : 80 * d + 80].T))
-            # mlp.c_proj: output features 20d..20d+19 over all 160 MLP features (no gaps)
-            w_fcproj = state[p + "mlp.c_proj.weight"]
-            assert np.array_equal(matrix(at["c_fcproj"], 20, 20),
-                                  w_fcproj[:, 20 * d : 20 * d + 20].T)
-            # parameter vector: ln1 g/b (48 each), attn bias (96), proj bias (24),
-            # ln2 g/b (48 each), fc bias (80), fc-proj bias (24), in that order
-            par = image.read_vector(at["par"], 416).astype(np.float32)
-            fields = [on_hidden(state[p + "ln_1.weight"][None])[0],
-                      on_hidden(state[p + "ln_1.bias"][None])[0], want_b,
-                      np.pad(state[p + "attn.c_proj.bias"][20 * d : 20 * d + 20], (0, 4)),
-                      on_hidden(state[p + "ln_2.weight"][None])[0],
-                      on_hidden(state[p + "ln_2.bias"][None])[0],
-                      state[p + "mlp.c_fc.bias"][80 * d : 80 * d + 80],
-                      np.pad(state[p + "mlp.c_proj.bias"][20 * d : 20 * d + 20], (0, 4))]
+                        src = part * 50 + (h0 + h) * 10 + j  # HF Conv1D: (in, out)
+                        want_w[(part * hn + h) * 16 + j] = w_attn[:, src]
+                        want_b[(part * hn + h) * 16 + j] = b_attn[src]
+            assert np.array_equal(matrix(at["c_attn"], 9, 96), on_hidden(want_w))
+            # attn.c_proj: this device's output columns, inputs in the heads-padded layout
+            want = np.zeros((24, 96), np.float32)
+            want[:cn] = spread(state[p + "attn.c_proj.weight"][:, c0 : c0 + cn].T, 50, 96,
+                               _head_pos)
+            assert np.array_equal(matrix(at["c_proj"], 12, 24), want)
+            # mlp.c_fc: this device's MLP columns, inputs in the hidden layout
+            want = np.zeros((72, 72), np.float32)
+            want[:mn] = on_hidden(state[p + "mlp.c_fc.weight"][:, m0 : m0 + mn].T)
+            assert np.array_equal(matrix(at["c_fc"], 9, 72), want)
+            # mlp.c_proj: this device's output columns over the MLP layout
+            want = np.zeros((24, 216), np.float32)
+            want[:cn] = spread(state[p + "mlp.c_proj.weight"][:, c0 : c0 + cn].T, 200, 216,
+                               _mlp_pos)
+            assert np.array_equal(matrix(at["c_fcproj"], 27, 24), want)
+            # parameter vector: ln1 g/b (72 each), attn bias (96), proj bias (24),
+            # ln2 g/b (72 each), fc bias (72), fc-proj bias (24), in that order
+            par = image.read_vector(at["par"], 504).astype(np.float32)
+
+            def leading(v, n, width):  # the first n values, zero-padded
+                return np.pad(v[:n], (0, width - n))
+
+            fields = [vec(state[p + "ln_1.weight"]), vec(state[p + "ln_1.bias"]), want_b,
+                      leading(state[p + "attn.c_proj.bias"][c0:], cn, 24),
+                      vec(state[p + "ln_2.weight"]), vec(state[p + "ln_2.bias"]),
+                      leading(state[p + "mlp.c_fc.bias"][m0:], mn, 72),
+                      leading(state[p + "mlp.c_proj.bias"][c0:], cn, 24)]
             assert np.array_equal(par, np.concatenate(fields))
 
 
