@@ -22,9 +22,9 @@ SMALL = ModelShape(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head
     ("shape", "config", "message"),
     [
         (dataclasses.replace(SMALL, n_head=4, n_embd=100), PRESETS["tiny"].with_devices(8),
-         r"n_head \(4\) is not divisible by devices \(8\)"),
-        (dataclasses.replace(SMALL, n_inner=250), PRESETS["tiny"].with_devices(4),
-         r"MLP width \(250\) is not divisible by devices \(4\)"),
+         r"n_head \(4\) is fewer than devices \(8\)"),
+        (dataclasses.replace(SMALL, n_inner=24), PRESETS["tiny"].with_devices(4),
+         r"the MLP width \(24\) is 3 beat\(s\) of 8 values .* cannot be split over 4 devices"),
         (dataclasses.replace(SMALL, activation="erf"), PRESETS["tiny"],
          "GELU is the tanh form"),
         (SMALL, dataclasses.replace(PRESETS["tiny"], vbuf_words=2048),
@@ -189,5 +189,5 @@ def test_compile_and_perf_commands(tmp_path, tiny_checkpoint, capsys):
     assert result["ms_per_token"] >= result["floor_ms_per_token"]
     assert result["total_ms"] == pytest.approx(result["prefill_ms"]
                                                + 7 * result["ms_per_token"])
-    assert main(["perf", "--model", "gpt2-1.5b", "--config", "u280", "--devices", "4"]) == 2
-    assert "n_head (25) is not divisible by devices (4)" in capsys.readouterr().err
+    assert main(["perf", "--model", "gpt2-1.5b", "--config", "u280", "--devices", "32"]) == 2
+    assert "n_head (25) is fewer than devices (32)" in capsys.readouterr().err

@@ -127,7 +127,7 @@ def test_generate_cli_isa_json(tiny_checkpoint, capsys):
     ("extra", "message"),
     [
         (["--temperature", "0.7"], "decodes greedily"),
-        (["--devices", "5"], r"n_head \(3\) is not divisible by devices \(5\)"),
+        (["--devices", "5"], r"n_head \(3\) is fewer than devices \(5\)"),
         (["--config", "nope"], "neither a preset"),
     ],
 )
