@@ -39,6 +39,12 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     check_output_dir(args.out, NAME, inputs=[args.model, args.data], force=args.force)
+    if not 0 <= args.seed < 2**64:
+        raise UsageError(f"--seed must be in 0..2**64-1, not {args.seed}")
+    for name in ("batches", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, not "
+                             f"{getattr(args, name)}")
     model = models.load_model(args.model)
     if not isinstance(model, MoEGPT):
         raise UsageError(f"{args.model} is not an MoE-GPT checkpoint (model_type moe_gpt2)")

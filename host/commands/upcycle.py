@@ -35,6 +35,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     if args.experts < 1:
         raise UsageError(f"--experts must be at least 1, not {args.experts}")
+    if not 0 <= args.seed < 2**64:
+        raise UsageError(f"--seed must be in 0..2**64-1, not {args.seed}")
     with output_dir(args.out, NAME, inputs=[args.dense], force=args.force) as tmp:
         model = upcycle_checkpoint(args.dense, tmp, args.experts, args.every, args.top_k,
                                    args.seed, moe_capacity_factor=args.capacity_factor)
