@@ -88,8 +88,11 @@ class TrainConfig:
             )
         if not 0 < self.min_lr <= self.lr:
             raise ModelConfigError(f"need 0 < min_lr <= lr, not min_lr={self.min_lr} lr={self.lr}")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
+        if not (self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0):
             raise ModelConfigError("warmup_steps, grad_clip and weight_decay must be >= 0")
+        for name in ("beta1", "beta2"):  # AdamW's own check is a traceback
+            if not 0 <= getattr(self, name) < 1:
+                raise ModelConfigError(f"{name} must be in [0, 1), not {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             raise ModelConfigError(
                 f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
