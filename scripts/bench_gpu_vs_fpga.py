@@ -2,7 +2,8 @@
 
     python scripts/bench_gpu_vs_fpga.py --out build/bench
 
-For GPT-2 345M, 774M and 1.5B and DFX's dfx-1.5b it writes `DIR/results.json`, `DIR/table.md`,
+For GPT-2 345M, 774M and 1.5B (XL) and gpt2-1.5b-24h (1536 wide, 24 heads) it writes
+`DIR/results.json`, `DIR/table.md`,
 `DIR/latency_<model>.png` (latency against output length) and `DIR/roofline.png` (decode on a
 roofline), with these columns:
 
@@ -195,7 +196,7 @@ def run(args) -> dict:
                 row["fpga_decode_ms_per_token"][d] = full["ms_per_token"]
                 transfer = kv_bytes(shape, n_in - 1) / d / (args.pcie_gbps * 1e6)
                 row["hetero_ms"][d] = gpu_prefill + transfer + tail["total_ms"]
-            row["dfx_ms"] = dfx.get((n_in, n_out)) if name == "dfx-1.5b" else None
+            row["dfx_ms"] = dfx.get((n_in, n_out)) if name == "gpt2-1.5b" else None
             entry["workloads"].append(row)
         entry["gpu_decode_ms_per_token"] = variants["eager"].decode_step_ms(64)
         results["models"][name] = entry
@@ -300,8 +301,9 @@ def plot(results: dict, out: Path) -> list[Path]:
                 ax.plot(flop / weight_bytes, flop / ms / 1e6, "o", label=f"{name} FPGA x{d}")
         ax.plot(flop / weight_bytes, flop / entry["gpu_decode_ms_per_token"] / 1e6, "kx",
                 label=f"{name} {where} (measured)")
-        if name == "dfx-1.5b":
-            ax.plot(flop / weight_bytes, flop / 6.9 / 1e6, "rD", label="dfx-1.5b DFX (published)")
+        if name == "gpt2-1.5b":
+            ax.plot(flop / weight_bytes, flop / 6.9 / 1e6, "rD",
+                    label="GPT-2 1.5B on DFX (published)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("operational intensity (FLOP per weight byte)")

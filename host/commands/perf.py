@@ -26,7 +26,7 @@ HELP = "project prefill/decode latency of a full-size model (timing model)"
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", default="dfx-1.5b",
+    p.add_argument("--model", default="gpt2-1.5b",
                    help=f"{', '.join(MODEL_SHAPES)} or a checkpoint directory (its config.json)")
     p.add_argument("--config", default="u280", help="tiny, u280, u55c or a JSON file")
     p.add_argument("--devices", type=int, default=1, help="FPGAs in the ring")

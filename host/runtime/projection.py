@@ -25,9 +25,9 @@ MODEL_SHAPES: dict[str, ModelShape] = {
     # GPT-2 XL (the real 1.5B): 25 heads of 64; on 4 devices the heads split 7/6/6/6
     "gpt2-1.5b": ModelShape(n_embd=1600, n_layer=48, n_head=25, n_inner=6400, **_GPT2),
     # NOT GPT-2 XL: 1536 wide, 24 heads of 64 (7% fewer weight bytes), a shape 4 devices split
-    # evenly, kept from before the compiler split heads unevenly; no source here confirms that
-    # DFX ran this shape rather than XL
-    "dfx-1.5b": ModelShape(n_embd=1536, n_layer=48, n_head=24, n_inner=6144, **_GPT2),
+    # evenly; earlier projections called it "dfx-1.5b", but no source here confirms that DFX
+    # ran this shape rather than XL, so DFX is compared with gpt2-1.5b
+    "gpt2-1.5b-24h": ModelShape(n_embd=1536, n_layer=48, n_head=24, n_inner=6144, **_GPT2),
 }
 
 

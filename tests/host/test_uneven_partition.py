@@ -70,7 +70,7 @@ def test_gpt2_xl_plan_on_four_devices():
 
 def test_even_splits_without_gaps_keep_the_even_layout():
     """When D * align divides a vector it is split in equal slices with no gaps."""
-    shape = MODEL_SHAPES["dfx-1.5b"]
+    shape = MODEL_SHAPES["gpt2-1.5b-24h"]
     plan = make_plan(shape, PRESETS["u280"].with_devices(4))
     assert (plan.head_counts, plan.c_counts) == ([6] * 4, [384] * 4)
     assert (plan.c_lp, plan.cp, plan.hp, plan.gaps) == (384, 1536, 24 * 64, False)
