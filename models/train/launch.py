@@ -24,8 +24,14 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+#: gloo ranks on the CPU beyond this many per core only thrash (and a typo such as
+#: --nproc 99999 would fork that many interpreters)
+CPU_RANKS_PER_CORE = 4
+
+
 def check_nproc(nproc: int, device: str) -> None:
-    """Refuse a process count that cannot run: < 1, or more than the GPUs when on CUDA."""
+    """Refuse a process count that cannot run: < 1, more than the GPUs when on CUDA, or more
+    than `CPU_RANKS_PER_CORE` per core on the CPU."""
     if not isinstance(nproc, int) or nproc < 1:
         raise ModelConfigError(f"nproc must be a positive integer, not {nproc!r}")
     if nproc > 1 and under_torchrun():
@@ -36,6 +42,11 @@ def check_nproc(nproc: int, device: str) -> None:
         raise ModelConfigError(
             f"nproc {nproc} asks for one GPU per process but this machine has "
             f"{torch.cuda.device_count()}")
+    cores = os.cpu_count() or 1
+    if not uses_cuda and nproc > CPU_RANKS_PER_CORE * cores:
+        raise ModelConfigError(
+            f"nproc {nproc} CPU processes, each with its own copy of the model, on {cores} "
+            f"core(s): at most {CPU_RANKS_PER_CORE * cores} ({CPU_RANKS_PER_CORE} per core)")
 
 
 def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:

@@ -49,13 +49,11 @@ EXPENSIVE = {
     ("train", "--max-steps", "huge"): "a valid request for that many steps",
     ("train", "--eval-interval", "huge"): "valid: evaluates only at the end",
     ("prune-experts", "--batches", "huge"): "a valid request for that many calibration batches",
-    # NOT a valid request: on the CPU nothing bounds --nproc, and 10**23 ranks are launched;
-    # left to the owner of --nproc (issue 12 report), skipped here so the rest runs
-    ("train", "--nproc", "huge"): "launches torchrun with that many processes (open bug)",
     ("data", "--limit-files", "huge"): "valid: the whole standard library (minutes)",
     ("prune-experts", "--batch-size", "huge"): "a valid request for windows that large",
 }
-#: train has no memory estimate for its model and batch sizes yet (open, like --nproc above):
+#: train has no memory estimate for its model and batch sizes yet (open; a huge --nproc is
+#: refused, tests/models/test_train_resume.py):
 #: a huge --n-layer builds modules until memory runs out, a huge step count runs for ever
 EXPENSIVE_KINDS = {("train", "huge")}
 

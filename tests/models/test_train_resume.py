@@ -157,6 +157,8 @@ def test_bf16_autocast_on_the_cpu_trains_close_to_fp32(tmp_path, tiny_corpus):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [(["--nproc", "0"], "nproc must be a positive integer, not 0"),
+     (["--nproc", "99999999999999999999999", "--device", "cpu"],
+      "CPU processes, each with its own copy of the model"),
      (["--grad-accum", "0"], "grad_accum must be a positive integer, not 0"),
      (["--shard"], "shard (FSDP2) needs several processes"),
      (["--stop-after", "0"], "--stop-after must be a positive step number, not 0"),
