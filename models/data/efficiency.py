@@ -33,6 +33,7 @@ class DataEfficiency:
         self.config = config
         self.data = data
         self.block_size = block_size
+        self.raw: dict | None = None  # the JSON it came from, when the caller keeps it
         self.sampler: CurriculumSampler | None = None
         self.ltd: RandomLTD | None = None
         if config.random_ltd.enabled:

@@ -74,6 +74,8 @@ class TrainConfig:
     distill_alpha: float = 0.5  #: weight of the distillation term (1 - alpha on the labels)
     distill_temperature: float = 1.0  #: softmax temperature of the distillation term
     distill_stop_step: int = 0  #: staged KD: no distillation from this step on; 0 = never stop
+    # data efficiency (DeepSpeed's data_efficiency JSON: curriculum learning, random-LTD)
+    data_efficiency: str = ""  #: DeepSpeed data_efficiency JSON file; empty: plain random windows
 
     def __post_init__(self) -> None:
         positive = ("n_layer", "n_embd", "n_head", "block_size", "batch_size", "grad_accum",

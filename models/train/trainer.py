@@ -52,7 +52,7 @@ from tqdm import tqdm
 from gpu_kernels import triton_available
 
 from ..config import GPT2Config
-from ..data import TokenData
+from ..data import DataEfficiency, TokenData, parse_data_efficiency
 from ..errors import CheckpointError, ModelConfigError
 from ..gpt2 import GPT2LMHead
 from ..moe import MoEGPT, kd_loss, kd_weight, upcycle_into
@@ -255,7 +255,22 @@ def check_options(cfg: TrainConfig, world_size: int, device: torch.device) -> st
         raise ModelConfigError(
             f"moe_ep_size ({cfg.moe_ep_size}) must divide the number of processes "
             f"({world_size})")
+    if cfg.data_efficiency:
+        read_data_efficiency(cfg.data_efficiency)
     return precision
+
+
+def read_data_efficiency(path: str | Path) -> dict:
+    """The JSON object of a data_efficiency file, validated (ModelConfigError otherwise)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as e:
+        raise ModelConfigError(f"cannot read data_efficiency file {path}: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelConfigError(f"data_efficiency file {path} is not valid JSON: {e}") from None
+    parse_data_efficiency(raw)  # unknown schedules or metrics, min > max, ...
+    return raw
 
 
 def _autocast(precision: str, device: torch.device):
@@ -426,6 +441,8 @@ class _Run:
     export: Callable[[], nn.Module]  # builds an unsharded CPU model to save weights from
     expert_parallel: bool
     loss_module: LMLoss | None = None  # the FSDP2 root under `shard`
+    efficiency_raw: dict | None = None  # the data_efficiency JSON the run trains with
+    tokens: int = 0  # training tokens seen up to the step being saved
 
 
 def _save(run: _Run, step: int, window: list[float], aux_window: dict[str, list[float]]):
@@ -464,6 +481,8 @@ def _save(run: _Run, step: int, window: list[float], aux_window: dict[str, list[
             "optimizer": optimizer_state,
             "scaler": run.scaler.state_dict(),
             "window": list(window),
+            "tokens": run.tokens,
+            "data_efficiency": run.efficiency_raw,
             "aux_window": {k: list(v) for k, v in aux_window.items()},
             "rng": rng,
         }
@@ -490,6 +509,22 @@ def _load_state(out: Path, cfg: TrainConfig, ctx: DistContext) -> dict:
             f"cannot resume {out}: it was trained by {world} process(es), this launch has "
             f"{ctx.world_size}; resume with --nproc {world} (the data order depends on it)")
     return state
+
+
+def _data_efficiency(cfg: TrainConfig, data: TokenData, ctx: DistContext, state: dict | None,
+                     out: Path) -> DataEfficiency | None:
+    """The run's curriculum / random-LTD, from cfg.data_efficiency; a resumed run keeps the
+    JSON it started with (saved in its trainer state) and refuses a file changed since."""
+    if not cfg.data_efficiency:
+        return None
+    raw = read_data_efficiency(cfg.data_efficiency)
+    if state is not None and state.get("data_efficiency") not in (None, raw):
+        raise CheckpointError(
+            f"cannot resume {out}: {cfg.data_efficiency} changed since the run started")
+    efficiency = DataEfficiency(parse_data_efficiency(raw), data, cfg.block_size, cfg.n_layer,
+                                rank=ctx.rank)
+    efficiency.raw = raw
+    return efficiency
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -561,6 +596,9 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
             model.load_state_dict(own["model"])
         else:
             model.load_state_dict(state["model"])
+    efficiency = _data_efficiency(cfg, data, ctx, state, out)
+    if efficiency is not None:
+        efficiency.attach(model)  # random-LTD's hooks, when enabled
     fpt = flops_per_token(model, cfg.n_layer, cfg.n_embd, cfg.block_size)
     teacher = _teacher(cfg, data, dev)
 
@@ -605,9 +643,13 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
                              data.meta.eot_id)
 
     run = _Run(cfg, out, data, ctx, model, optimizer, scaler, export, expert_parallel,
-               loss_module)
+               loss_module, efficiency_raw=None if efficiency is None else efficiency.raw)
     peak = peak_tflops if peak_tflops is not None else peak_tflops_for(dev)
+    # full windows; a seqlen_truncate curriculum draws shorter ones, counted as drawn
     tokens_per_step = cfg.batch_size * cfg.grad_accum * ctx.world_size * cfg.block_size
+    tokens_seen = start * tokens_per_step if state is None else \
+        state.get("tokens", start * tokens_per_step)
+    timed_tokens = 0
     mine = ctx.my_micro_batches(cfg.grad_accum)
     routing_seed = cfg.seed if ctx.rank == 0 else cfg.seed + 104_729 * ctx.rank  # per rank
     model.train()
@@ -627,8 +669,14 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
             begin(step, routing_seed)
         alpha = kd_weight(step, cfg.distill_alpha, cfg.distill_stop_step)
         # the step's global batch, drawn in one order; this rank keeps its share
-        batches = [data.batch("train", cfg.batch_size, cfg.block_size, generator)
-                   for _ in range(cfg.grad_accum * ctx.world_size)]
+        if efficiency is None:
+            batches = [data.batch("train", cfg.batch_size, cfg.block_size, generator)
+                       for _ in range(cfg.grad_accum * ctx.world_size)]
+        else:
+            efficiency.begin_step(step)  # random-LTD's kept count and draws of this step
+            batches = [efficiency.batch(step, cfg.batch_size, generator)
+                       for _ in range(cfg.grad_accum * ctx.world_size)]
+        step_tokens = sum(x.numel() for x, _ in batches)  # (B, T) each; T may be truncated
         aux_totals: dict[str, float] = {}
         step_loss = 0.0
         for a, j in enumerate(mine):
@@ -681,17 +729,20 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
             torch.cuda.synchronize(dev)
         timed_steps += 1
         timed_s += time.perf_counter() - t_step
+        timed_tokens += step_tokens
+        tokens_seen += step_tokens
+        run.tokens = tokens_seen
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}",
-                        tok_s=f"{timed_steps * tokens_per_step / timed_s:.0f}")
+                        tok_s=f"{timed_tokens / timed_s:.0f}")
 
         done = step + 1
         saved = False
         if done % cfg.eval_interval == 0 or done == cfg.max_steps:
             val_loss = _fixed_val_loss(model, data, cfg, dev, ctx, precision, loss_module)
-            tokens_per_s = timed_steps * tokens_per_step / timed_s
+            tokens_per_s = timed_tokens / timed_s
             row = {"step": done, "lr": lr, "train_loss": sum(window) / len(window),
-                   "val_loss": val_loss, "tokens": done * tokens_per_step,
+                   "val_loss": val_loss, "tokens": tokens_seen,
                    "elapsed_s": round(time.perf_counter() - t0, 2),
                    "tokens_per_s": round(tokens_per_s, 1),
                    **{k: sum(v) / len(v) for k, v in aux_window.items()}}
@@ -706,7 +757,7 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
                 bar.write(line)
             window = []
             aux_window = {}
-            timed_steps, timed_s = 0, 0.0
+            timed_steps, timed_s, timed_tokens = 0, 0.0, 0
             _save(run, done, window, aux_window)
             saved = True
         if stop_after is not None and done >= stop_after:
@@ -722,6 +773,6 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
         train_loss=last["train_loss"],
         val_loss=last["val_loss"],
         seconds=time.perf_counter() - t0,
-        tokens=done * tokens_per_step,
+        tokens=tokens_seen,
         stopped_early=done < cfg.max_steps,
     )
