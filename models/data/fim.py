@@ -22,6 +22,8 @@ up to and including <mid>; the model writes the middle and closes it with <eom>.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import numbers
 from collections.abc import Iterable
@@ -32,7 +34,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelConfigError, PromptError
-from ..tokenizer import FIMTokens, Tokenizer
+from ..tokenizer import FIMTokens, Tokenizer, load_tokenizer
+from .dataset import TokenData
 
 __all__ = [
     "FIMConfig",
@@ -40,6 +43,7 @@ __all__ = [
     "ensure_fim",
     "fim_token_ids",
     "fim_token_stream",
+    "fim_train_data",
     "fim_transform",
     "infill_prompt_ids",
     "resize_token_embeddings",
@@ -139,6 +143,32 @@ def fim_token_stream(documents: Iterable[str], tokenizer: Tokenizer, config: FIM
         ids.append(eot_id)
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
     return np.asarray(ids, dtype=dtype)
+
+
+def fim_train_data(data: TokenData, config: FIMConfig, seed: int) -> tuple[TokenData, Tokenizer]:
+    """`data` with its train split FIM-transformed, and the tokenizer with the sentinels.
+
+    The prepared corpus holds tokens, so each training document (the tokens between two EOTs
+    of train.bin) is decoded back to its characters (byte-level BPE round-trips exactly),
+    transformed by `fim_token_stream` and tokenised again with the sentinels added. The
+    transform is drawn once for the run from `seed` (so a resumed run sees the same stream);
+    the validation split stays left-to-right. The result lives in memory; the corpus
+    directory is not touched."""
+    base = load_tokenizer(data.directory)
+    if base is None:
+        raise ModelConfigError(f"{data.directory} has no tokenizer.json to add FIM sentinels to")
+    tok = base.with_fim()
+    train = np.asarray(data.splits["train"])  # (N,) uint16, each document followed by EOT
+    eot = data.meta.eot_id
+    ends = np.flatnonzero(train == eot)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    docs = (tok.decode(train[a:b].tolist()) for a, b in zip(starts, ends, strict=True))
+    stream = fim_token_stream(docs, tok, config, seed, eot)
+    out = copy.copy(data)
+    out.splits = {**data.splits, "train": stream}
+    out.meta = dataclasses.replace(data.meta, vocab_size=tok.vocab_size,
+                                   tokens={**data.meta.tokens, "train": len(stream)})
+    return out, tok
 
 
 @torch.no_grad()

@@ -76,6 +76,9 @@ class TrainConfig:
     distill_stop_step: int = 0  #: staged KD: no distillation from this step on; 0 = never stop
     # data efficiency (DeepSpeed's data_efficiency JSON: curriculum learning, random-LTD)
     data_efficiency: str = ""  #: DeepSpeed data_efficiency JSON file; empty: plain random windows
+    # fill-in-the-middle: training documents transformed at the character level (PSM / SPM)
+    fim_rate: float = 0.0  #: share of training documents FIM-transformed; 0 trains left-to-right
+    fim_spm_rate: float = 0.5  #: share of the transformed documents in SPM order
 
     def __post_init__(self) -> None:
         positive = ("n_layer", "n_embd", "n_head", "block_size", "batch_size", "grad_accum",
@@ -118,6 +121,15 @@ class TrainConfig:
         if not self.distill_temperature > 0:
             raise ModelConfigError(
                 f"distill_temperature must be > 0, not {self.distill_temperature}")
+        for name in ("fim_rate", "fim_spm_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or \
+                    not 0 <= value <= 1:
+                raise ModelConfigError(f"{name} must be a number in [0, 1], not {value!r}")
+        if self.fim_rate > 0 and (self.init_from or self.distill_from):
+            raise ModelConfigError(
+                "fim_rate > 0 trains a new vocabulary (the FIM sentinels); it cannot start "
+                "from init_from or distill towards distill_from")
         if self.is_moe:
             self.moe_config(vocab_size=2, eot_id=0)  # validates every moe_* option
 

@@ -27,6 +27,13 @@ schedule inside the model is a function of (seed, step) and a resumed run stays 
 MoE options (`moe_*`) build an MoE-GPT instead of GPT-2; `init_from` starts from a
 checkpoint's weights (a dense checkpoint is upcycled into the MoE model); `distill_from`
 adds a Mixture-of-Students distillation term towards a teacher checkpoint.
+
+Data efficiency (`data_efficiency`, DeepSpeed's JSON): curriculum learning draws the windows
+(a seqlen_truncate curriculum shortens them; the log's `tokens` counts what was drawn) and
+random-LTD drops tokens in the middle layers. FIM (`fim_rate`): the train split is decoded
+into its documents, FIM-transformed at the character level once per run (seeded) and
+tokenised again with the sentinels (`models.data.fim.fim_train_data`); the validation split
+stays left-to-right, and the checkpoint's tokenizer.json carries the sentinels.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from gpu_kernels import triton_available
 
 from ..config import GPT2Config
 from ..data import DataEfficiency, TokenData, parse_data_efficiency
+from ..data.fim import FIMConfig, fim_train_data
 from ..errors import CheckpointError, ModelConfigError
 from ..gpt2 import GPT2LMHead
 from ..moe import MoEGPT, kd_loss, kd_weight, upcycle_into
@@ -62,6 +70,7 @@ from ..moe.parallel import (
     split_parameters,
 )
 from ..registry import load_model
+from ..tokenizer import Tokenizer
 from .config import TrainConfig
 from .distributed import (
     DistContext,
@@ -443,6 +452,7 @@ class _Run:
     loss_module: LMLoss | None = None  # the FSDP2 root under `shard`
     efficiency_raw: dict | None = None  # the data_efficiency JSON the run trains with
     tokens: int = 0  # training tokens seen up to the step being saved
+    tokenizer: Tokenizer | None = None  # saved instead of the corpus' (FIM: with sentinels)
 
 
 def _save(run: _Run, step: int, window: list[float], aux_window: dict[str, list[float]]):
@@ -472,7 +482,10 @@ def _save(run: _Run, step: int, window: list[float], aux_window: dict[str, list[
         else:
             export = model
         export.save_pretrained(out, dtype=getattr(torch, cfg.save_dtype))
-        shutil.copyfile(run.data.directory / "tokenizer.json", out / "tokenizer.json")
+        if run.tokenizer is not None:
+            run.tokenizer.save(out)
+        else:
+            shutil.copyfile(run.data.directory / "tokenizer.json", out / "tokenizer.json")
         state = {
             "step": step,
             "config": cfg.to_dict(),
@@ -518,6 +531,12 @@ def _data_efficiency(cfg: TrainConfig, data: TokenData, ctx: DistContext, state:
     if not cfg.data_efficiency:
         return None
     raw = read_data_efficiency(cfg.data_efficiency)
+    metrics = parse_data_efficiency(raw).curriculum
+    if cfg.fim_rate > 0 and metrics.enabled and \
+            any(m.metric != "seqlen_truncate" for m in metrics.metrics):
+        raise ModelConfigError(
+            "a FIM run's curriculum can only be seqlen_truncate: the difficulty index of "
+            "`tandem data analyze` describes the corpus before the FIM transform")
     if state is not None and state.get("data_efficiency") not in (None, raw):
         raise CheckpointError(
             f"cannot resume {out}: {cfg.data_efficiency} changed since the run started")
@@ -563,6 +582,10 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
            stop_after, peak_tflops) -> TrainResult:
     t0 = time.perf_counter()
     data = TokenData(data_dir)
+    tokenizer = None  # the corpus' own tokenizer.json, unless FIM adds the sentinels
+    if cfg.fim_rate > 0:
+        data, tokenizer = fim_train_data(data, FIMConfig(cfg.fim_rate, cfg.fim_spm_rate),
+                                         cfg.seed)
     out = Path(out_dir)
     dev = ctx.device
 
@@ -643,7 +666,8 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
                              data.meta.eot_id)
 
     run = _Run(cfg, out, data, ctx, model, optimizer, scaler, export, expert_parallel,
-               loss_module, efficiency_raw=None if efficiency is None else efficiency.raw)
+               loss_module, efficiency_raw=None if efficiency is None else efficiency.raw,
+               tokenizer=tokenizer)
     peak = peak_tflops if peak_tflops is not None else peak_tflops_for(dev)
     # full windows; a seqlen_truncate curriculum draws shorter ones, counted as drawn
     tokens_per_step = cfg.batch_size * cfg.grad_accum * ctx.world_size * cfg.block_size
