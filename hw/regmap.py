@@ -19,9 +19,17 @@ from dataclasses import dataclass, field
 
 from .config import AccelConfig
 
+#: The Verilog module of one device's kernel, as the RTL build writes it and every simulation
+#: top and board wrapper instantiates it.
+KERNEL_MODULE = "tandem_kernel"
+#: The board kernel XRT knows: the Vitis wrapper module, the .xo and its compute units.
+XRT_KERNEL = "tandem"
+
 __all__ = [
     "ARG_BASE",
     "CONTROL_BITS",
+    "KERNEL_MODULE",
+    "XRT_KERNEL",
     "Field",
     "RegMap",
     "Register",

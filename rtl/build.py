@@ -24,14 +24,14 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
 from hw.config import AccelConfig
-from hw.regmap import regmap
+from hw.regmap import KERNEL_MODULE, regmap
 
 from .kernel import Kernel, kernel_signature
 from .verilog import to_verilog, write_verilog
 
 __all__ = ["CLUSTER", "KERNEL", "Cluster", "build", "kernel_verilog", "sources_fingerprint"]
 
-KERNEL = "tandem_kernel"
+KERNEL = KERNEL_MODULE
 CLUSTER = "tandem_cluster"
 _ROOT = Path(__file__).resolve().parent.parent
 #: kernel ports a cluster keeps inside (the ring) or leaves unconnected (simulation traces)

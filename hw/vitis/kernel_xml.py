@@ -19,15 +19,15 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from ..config import AccelConfig, ConfigError
-from ..regmap import regmap
+from ..regmap import KERNEL_MODULE, XRT_KERNEL, regmap
 
 __all__ = ["KERNEL_NAME", "RING_PORTS", "RTL_MODULE", "KernelPorts", "kernel_xml",
            "verilog_ports"]
 
 #: The board kernel: the wrapper module, the .xo and the compute units (`tandem_1`).
-KERNEL_NAME = "tandem"
+KERNEL_NAME = XRT_KERNEL
 #: The module the RTL build writes (`rtl.build.KERNEL`), which the wrapper instantiates.
-RTL_MODULE = "tandem_kernel"
+RTL_MODULE = KERNEL_MODULE
 #: The ring's AXI4-Stream ports, (name, direction as kernel.xml spells it).
 RING_PORTS = (("ring_tx", "write_only"), ("ring_rx", "read_only"))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw.config import AccelConfig
-from hw.regmap import regmap
+from hw.regmap import KERNEL_MODULE, regmap
 from rtl.build import kernel_verilog
 from rtl.core.core import ADDR_WIDTH, RETIRE_LANES
 from rtl.core.ring import FLIT_USER
@@ -26,7 +26,7 @@ from .. import runner
 __all__ = ["TOPLEVEL", "Bench", "build", "hbm_base"]
 
 TOPLEVEL = "tandem_tb"
-KERNEL = "tandem_kernel"
+KERNEL = KERNEL_MODULE
 _HDL = runner.REPO_ROOT / "sim" / "hdl"
 
 

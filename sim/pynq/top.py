@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw.config import AccelConfig
-from hw.regmap import regmap
+from hw.regmap import KERNEL_MODULE, regmap
 from rtl.build import kernel_verilog
 from rtl.core.core import ADDR_WIDTH
 from rtl.core.ring import FLIT_USER
@@ -28,7 +28,7 @@ from .. import runner
 __all__ = ["AXI_SIGNALS", "CTL_SIGNALS", "KERNEL", "TOPLEVEL", "CardBench", "build"]
 
 TOPLEVEL = "tandem_pynq_tb"
-KERNEL = "tandem_kernel"
+KERNEL = KERNEL_MODULE
 CTL_SIGNALS = ("awaddr", "awvalid", "awready", "wdata", "wstrb", "wvalid", "wready", "bresp",
                "bvalid", "bready", "araddr", "arvalid", "arready", "rdata", "rresp", "rvalid",
                "rready")
