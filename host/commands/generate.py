@@ -5,6 +5,12 @@ per generated token with at least `token` and `ms`), plus the backend's own figu
 accelerator backends add `time_split`: host prefill (device, ms), the KV transfer (bytes, host
 ms, projected ms over PCIe), the devices' first token and decode ms/token at the configured
 clock beside the simulator's wall time.
+
+--suffix infills (fill-in-the-middle): --prompt is the prefix, the prompt sent to the backend
+is the PSM order <pre> prefix <suf> suffix <mid> (models.data.fim.infill_prompt_ids), and
+generation stops at the end-of-middle sentinel; only the middle is printed. It is only a token
+order, so every backend runs it; the model must have been trained with FIM (its tokenizer
+holds the sentinels, e.g. `tandem train --fim-rate 0.5`).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import math
 
 import models
+from models.data.fim import infill_prompt_ids
 from models.tokenizer import IncrementalDecoder
 
 from ..checkpoints import (
@@ -33,6 +40,8 @@ def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="prompt text, tokenized with the model's tokenizer")
     src.add_argument("--prompt-ids", help="prompt as comma-separated token ids, e.g. 1,2,3")
+    p.add_argument("--suffix", help="infill: generate the middle between --prompt (the prefix) "
+                   "and this suffix, stopping at the end-of-middle token (FIM-trained models)")
     add_model_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
@@ -78,6 +87,13 @@ def run(args) -> int:
             args.prompt.encode("utf-8")
         except UnicodeEncodeError:  # bytes that are not UTF-8 reach argv as lone surrogates
             raise UsageError("--prompt is not valid UTF-8 text") from None
+    if args.suffix is not None:
+        if args.prompt is None:
+            raise UsageError("--suffix needs --prompt (the prefix), not --prompt-ids")
+        try:
+            args.suffix.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError("--suffix is not valid UTF-8 text") from None
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1, not {args.top_k}")
     model = models.load_model(args.model)  # first: a bad checkpoint is the error to report
@@ -89,6 +105,14 @@ def run(args) -> int:
         prompt_ids = tokenizer.encode(args.prompt)
     else:
         prompt_ids = _parse_ids(args.prompt_ids)
+    stop = None  # infilling: the end-of-middle id, which ends the generation unprinted
+    if args.suffix is not None:
+        fim = tokenizer.fim_tokens()
+        if fim is None:
+            raise UsageError(f"--suffix needs a model trained for fill-in-the-middle; the "
+                             f"tokenizer of {args.model} has no FIM sentinels")
+        prompt_ids = infill_prompt_ids(tokenizer, args.prompt, args.suffix)
+        stop = fim.end
     model.check_prompt(prompt_ids, args.max_new_tokens)
     check_tokenizer_fits(tokenizer, model)
     backend = make_backend(args.backend, model, **options)
@@ -97,8 +121,12 @@ def run(args) -> int:
 
     steps = []
     decoder = IncrementalDecoder(tokenizer) if tokenizer else None
+    stopped = False
     for step in backend.stream(request):
-        if not args.json and not steps and tokenizer is not None:
+        if step.token == stop:
+            stopped = True
+            break
+        if not args.json and not steps and tokenizer is not None and stop is None:
             # the prompt goes out with the first token, not before: a backend that refuses the
             # request prints nothing on stdout
             print(args.prompt if args.prompt is not None else tokenizer.decode(prompt_ids),
@@ -126,6 +154,9 @@ def run(args) -> int:
             "tokens_per_s": round(tokens_per_s, 2),
             "steps": [s.to_json() for s in steps],
         }
+        if stop is not None:
+            record["suffix"] = args.suffix
+            record["end_of_middle"] = stopped  # False: --max-new-tokens ended it first
         if split is not None:
             record["time_split"] = split
         print(json.dumps(record))
