@@ -4,7 +4,7 @@
 //   rate  the probability x 256 that a pausing channel moves in a cycle, from +<RATE_ARG>,
 //         default 256 (never pauses);
 //   seed  from +seed=N, default 0, mixed with the module's SEED parameter by the includer;
-//   xorshift(x), one step of Marsaglia's xorshift32 (shifts 13, 17, 5).
+//   xorshift(x), from xorshift32.vh.
     reg [8:0] rate;
     reg [31:0] seed;
     initial begin
@@ -14,11 +14,4 @@
             seed = 0;
     end
 
-    function [31:0] xorshift(input [31:0] x);
-        reg [31:0] y;
-        begin
-            y = x ^ (x << 13);
-            y = y ^ (y >> 17);
-            xorshift = y ^ (y << 5);
-        end
-    endfunction
+`include "xorshift32.vh"

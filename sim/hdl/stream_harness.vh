@@ -43,14 +43,7 @@ module `TANDEM_HARNESS #(
         have_results = $value$plusargs(`TANDEM_RESULTS, results_path);
     end
 
-    function [31:0] xorshift(input [31:0] x);
-        reg [31:0] y;
-        begin
-            y = x ^ (x << 13);
-            y = y ^ (y >> 17);
-            xorshift = y ^ (y << 5);
-        end
-    endfunction
+`include "xorshift32.vh"
 
     reg  [31:0] sent;
     reg  [31:0] rand_valid, rand_ready;
