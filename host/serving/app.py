@@ -47,6 +47,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from models.tokenizer import FIM_END
+
 from ..runtime import GenerationRequest
 from .engine import EngineClosed, Failed, Finished, Job, QueueFull, Started, TokenEvent
 from .schemas import (
@@ -87,6 +89,12 @@ def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {payload}\n\n"
 
 
+def _stops(request: CompletionRequest) -> list[str]:
+    """The request's stop strings; an infill (suffix) also ends at the end-of-middle sentinel,
+    whose text the completion leaves out as it does a stop string's."""
+    return [*request.stop, FIM_END] if request.suffix is not None else list(request.stop)
+
+
 class _Completion:
     """One prompt's trip through the engine, seen from the event loop (choice `index`)."""
 
@@ -111,7 +119,7 @@ class _Completion:
             GenerationRequest(prompt_ids, request.max_tokens, request.temperature,
                               request.top_k, request.seed),
             sink=lambda event: loop.call_soon_threadsafe(self.events.put_nowait, event),
-            deadline=self.deadline, stop=request.stop)
+            deadline=self.deadline, stop=_stops(request))
 
     def cancel(self) -> None:
         if not self.ended:

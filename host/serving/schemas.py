@@ -99,12 +99,14 @@ class CompletionRequest(BaseModel):
     stream: bool = False  # Server-Sent Events, one chunk per token
     stop: str | list[str] | None = None  # up to 4 strings; the text ends before the first
     stream_options: StreamOptions | None = None
+    # fill-in-the-middle: the text after the completion; the prompt is the text before it,
+    # the model (FIM-trained) writes the middle (models.data.fim.infill_prompt_ids)
+    suffix: str | None = None
     # OpenAI fields accepted only at their neutral value:
     n: int | None = 1
     best_of: int | None = 1
     echo: bool | None = False
     logprobs: int | None = None
-    suffix: str | None = None
     top_p: float | None = 1.0
     presence_penalty: float | None = 0.0
     frequency_penalty: float | None = 0.0
@@ -190,7 +192,7 @@ class CompletionRequest(BaseModel):
     def _echo(cls, value: bool | None) -> bool | None:
         return _neutral("echo", value, (False, None), "prepend the prompt yourself")
 
-    @field_validator("logprobs", "suffix", "logit_bias")
+    @field_validator("logprobs", "logit_bias")
     @classmethod
     def _none(cls, value: Any, info: ValidationInfo) -> Any:
         if value in (None, {}):

@@ -13,6 +13,7 @@ from torch import nn
 
 import models
 from models import PromptError, Tokenizer
+from models.data.fim import infill_prompt_ids
 
 from ..checkpoints import check_tokenizer_fits, require_backend, resolve_tokenizer
 from ..errors import UsageError
@@ -80,6 +81,19 @@ class Service:
                            code="context_length_exceeded")
         if not isinstance(prompt, str):
             self._check_context(len(prompt), n_new)
+        if request.suffix is not None:
+            if not isinstance(prompt, str):
+                raise ApiError(400, "suffix needs a text prompt (the text before the middle), "
+                               "not token ids", param="suffix", code="invalid_value")
+            if self.tokenizer.fim_tokens() is None:
+                raise ApiError(400, "suffix needs a model trained for fill-in-the-middle; this "
+                               "model's tokenizer has no FIM sentinels", param="suffix",
+                               code="unsupported_value")
+            if len(prompt) + len(request.suffix) > self.max_prompt_chars:
+                raise ApiError(400, f"the prompt and suffix ({len(prompt)} + "
+                               f"{len(request.suffix)} characters) cannot fit the model's "
+                               f"context of {n_ctx} tokens; shorten them", param="suffix",
+                               code="context_length_exceeded")
 
     def _check_context(self, n_prompt: int, n_new: int) -> None:
         n_ctx = self.n_positions
@@ -94,7 +108,10 @@ class Service:
         """`prompt` as token ids; ApiError(400) if it cannot be generated from. Tokenizes:
         call it off the event loop, after `check_prompt_size`."""
         self.check_prompt_size(prompt, request)
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if request.suffix is not None:  # PSM: <pre> prompt <suf> suffix <mid>
+            ids = infill_prompt_ids(self.tokenizer, prompt, request.suffix)
+        else:
+            ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         n_new = request.max_tokens
         if not ids:
             raise ApiError(400, "field 'prompt' is empty; give at least one token of prompt",

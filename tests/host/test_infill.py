@@ -86,3 +86,30 @@ def test_suffix_without_fim_sentinels_is_one_line_exit_2(tiny_checkpoint, capsys
     assert code == 2
     assert "has no FIM sentinels" in err
     assert err.count("\n") == 1
+
+
+def test_serve_completes_the_middle_for_a_suffix_and_refuses_a_model_without_fim(
+        fim_checkpoint, tiny_checkpoint):
+    from .test_serving import call, running
+
+    tok = load_tokenizer(fim_checkpoint)
+    want = infill_prompt_ids(tok, PREFIX, SUFFIX)
+    greedy = _greedy(load_model(fim_checkpoint).eval(), want, 6, tok.fim_tokens().end)
+    body = {"prompt": PREFIX, "suffix": SUFFIX, "max_tokens": 6}
+    with running(fim_checkpoint) as (server, _):
+        reply = call(server.url, "/v1/completions", body)
+        plain = call(server.url, "/v1/completions", {"prompt": PREFIX, "max_tokens": 2})
+    assert reply.status == 200, reply.body
+    choice = reply.body["choices"][0]
+    assert choice["text"] == tok.decode(greedy)  # the middle, without <eom>
+    assert choice["finish_reason"] == "stop"
+    assert reply.body["usage"]["prompt_tokens"] == len(want)
+    assert plain.status == 200  # without a suffix it is a plain completion
+    assert plain.body["usage"]["prompt_tokens"] == len(tok.encode(PREFIX))
+    with running(tiny_checkpoint) as (server, _):
+        refused = call(server.url, "/v1/completions", body)
+    assert refused.status == 400
+    error = refused.body["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "suffix"
+    assert "no FIM sentinels" in error["message"]
