@@ -90,3 +90,15 @@ def test_bad_data_efficiency_config_is_one_line_exit_2(body, message, tmp_path, 
     assert message in err
     assert err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow  # two torchrun ranks: ~15 s alone, more on a busy machine
+@pytest.mark.timeout(300)
+def test_nproc_2_each_rank_draws_its_share_and_tokens_count_both(tmp_path, tiny_corpus):
+    cfg = tmp_path / "ds.json"
+    cfg.write_text(json.dumps(_config()))
+    out = tmp_path / "run"
+    assert tandem(["train", "--data", str(tiny_corpus), "--out", str(out), *FLAGS,
+                   "--nproc", "2", "--data-efficiency", str(cfg)]) == 0
+    # 2 ranks x 2 windows a step, truncated to 8, 12, 12, 16 tokens
+    assert [r["tokens"] for r in _log(out)] == [2 * 2 * (8 + 12), 2 * 2 * (8 + 12 + 12 + 16)]
