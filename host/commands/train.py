@@ -8,6 +8,13 @@ Several processes: `--nproc N` launches the same command as N ranks of torchrun 
 machine; `torchrun --nproc-per-node N -m host.cli train ...` does the same by hand (and
 across machines with torchrun's own options). Global batch = --batch-size x --grad-accum x N.
 Under torchrun the ranks write --out in place (rank 0 writes, every checkpoint atomically).
+
+Data efficiency: `--data-efficiency CONFIG.json` takes DeepSpeed's `data_efficiency` JSON
+(curriculum learning, random-LTD; metrics other than seqlen_truncate need `tandem data
+analyze` first); the log's `tokens` counts the (possibly truncated) windows trained on.
+Fill-in-the-middle: `--fim-rate R --fim-spm-rate S` transforms that share of the training
+documents (validation stays left-to-right); the checkpoint's tokenizer gains the sentinels,
+so `tandem generate --suffix` and the server's `suffix` can infill with it.
 """
 
 from __future__ import annotations

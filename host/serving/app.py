@@ -28,6 +28,12 @@ A streamed request has its status decided before the first byte: it waits for th
 chunk with `finish_reason`, and `data: [DONE]`; an error after that point arrives as one
 `data: {"error": ...}` event before `[DONE]`. A client that disconnects cancels its request,
 queued or running.
+
+`suffix` (fill-in-the-middle): the prompt text is the prefix; the model gets the PSM order
+<pre> prompt <suf> suffix <mid> and writes the middle, which ends at the end-of-middle sentinel
+(finish_reason "stop", the sentinel left out of the text). A 400 on `suffix` when the model's
+tokenizer has no FIM sentinels (train one with `tandem train --fim-rate`) or the prompt is
+token ids.
 """
 
 from __future__ import annotations
