@@ -40,7 +40,7 @@ REPO = Path(models.__file__).resolve().parent.parent
 
 #: options whose value names a file or directory
 PATH_OPTIONS = {"--model", "--out", "--data", "--config", "--tokenizer", "--from", "--xclbin",
-                "--init-from", "--teacher"}
+                "--init-from", "--teacher", "--data-efficiency"}
 BAD_NUMBERS = {"zero": "0", "negative": "-1", "nan": "nan", "huge": "99999999999999999999999",
                "infinite": "1e999"}
 #: (command, option, value kind) that are valid but not small: a real request to do much work,
