@@ -9,7 +9,6 @@ equal the dense model's, whatever the router says; training then lets the expert
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 from ..errors import CheckpointError, ModelConfigError
 from ..gpt2 import GPT2LMHead
 from ..registry import load_model
+from ..sizing import available_memory_bytes, parameter_count
 from .moe_gpt import MoEGPT, MoEGPTConfig
 
 __all__ = ["upcycle", "upcycle_bytes", "upcycle_checkpoint", "upcycle_into"]
@@ -55,38 +55,14 @@ def upcycle_into(moe: MoEGPT, dense: nn.Module) -> None:
 
 
 def upcycle_bytes(config: MoEGPTConfig) -> int:
-    """Bytes of the upcycled model's parameters in FP32 (as it is built), from its config
-    alone: embeddings, attention and norms as in the dense model, each MoE block's MLP times
-    its experts (plus the residual MLP), and the routers."""
-    d, inner = config.n_embd, config.inner_dim
-    mlp = d * inner + inner + inner * d + d  # c_fc and c_proj, weights and biases
-    block = 4 * d + (d * 3 * d + 3 * d) + (d * d + d)  # two LayerNorms, c_attn, c_proj
-    params = config.vocab_size * d + config.n_positions * d + 2 * d + config.n_layer * block
-    if not config.tie_word_embeddings:
-        params += config.vocab_size * d
-    moe = set(config.moe_layers)
-    for i in range(config.n_layer):
-        if i not in moe:
-            params += mlp
-            continue
-        experts = config.experts_in(i)
-        params += experts * mlp + d * experts  # experts and router
-        if config.moe_use_residual:
-            params += mlp + 2 * d + 2
-    return 4 * params
-
-
-def _available_bytes() -> int:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):  # not reported on this system: do not guess
-        return 1 << 62
+    """Bytes of the upcycled model's FP32 parameters."""
+    return 4 * parameter_count(config)
 
 
 def check_upcycle_fits(config: MoEGPTConfig) -> None:
     """Raise ModelConfigError when the upcycled model would not fit in the memory this machine
     has free (it is built in FP32, then saved: about twice its size at the peak)."""
-    need, free = 2 * upcycle_bytes(config), _available_bytes()
+    need, free = 2 * upcycle_bytes(config), available_memory_bytes()
     if need > free:
         raise ModelConfigError(
             f"the upcycled model needs about {need / 1e9:.1f} GB of memory (FP32 parameters, "
