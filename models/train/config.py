@@ -91,6 +91,8 @@ class TrainConfig:
             raise ModelConfigError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ModelConfigError(f"seed must be an integer in 0..2**63-1, not {self.seed!r}")
         if not 0 < self.min_lr <= self.lr:
             raise ModelConfigError(f"need 0 < min_lr <= lr, not min_lr={self.min_lr} lr={self.lr}")
         if not (self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0):

@@ -70,6 +70,7 @@ from ..moe.parallel import (
     split_parameters,
 )
 from ..registry import load_model
+from ..sizing import available_memory_bytes, parameter_count, training_bytes
 from ..tokenizer import Tokenizer
 from .config import TrainConfig
 from .distributed import (
@@ -105,23 +106,32 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def model_config(cfg: TrainConfig, vocab_size: int, eot_id: int) -> GPT2Config:
+    """The checkpoint config of the model `cfg` describes (an MoEGPTConfig for MoE)."""
+    if cfg.is_moe:
+        return cfg.moe_config(vocab_size, eot_id)
+    return GPT2Config(vocab_size=vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                      n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=eot_id,
+                      eos_token_id=eot_id)
+
+
 def build_model(cfg: TrainConfig, vocab_size: int, eot_id: int) -> nn.Module:
     """The model `cfg` describes, running the kernels `cfg.kernels` names."""
-    if cfg.is_moe:
-        config = cfg.moe_config(vocab_size, eot_id)
-        cls = MoEGPT
-    else:
-        config = GPT2Config(
-            vocab_size=vocab_size,
-            n_positions=cfg.block_size,
-            n_embd=cfg.n_embd,
-            n_layer=cfg.n_layer,
-            n_head=cfg.n_head,
-            bos_token_id=eot_id,
-            eos_token_id=eot_id,
-        )
-        cls = GPT2LMHead
-    return cls(config, kernels=cfg.kernels)
+    cls = MoEGPT if cfg.is_moe else GPT2LMHead
+    return cls(model_config(cfg, vocab_size, eot_id), kernels=cfg.kernels)
+
+
+def check_fits(cfg: TrainConfig, vocab_size: int, eot_id: int) -> None:
+    """Refuse, before anything is allocated, a model and micro-batch whose training state
+    cannot fit in the memory this machine has free (`models.sizing.training_bytes`)."""
+    config = model_config(cfg, vocab_size, eot_id)
+    need, free = training_bytes(config, cfg.batch_size, cfg.block_size), available_memory_bytes()
+    if need > free:
+        raise ModelConfigError(
+            f"training needs at least {need / 1e9:.3g} GB of memory "
+            f"({parameter_count(config) / 1e6:.4g} M parameters with AdamW, micro-batches of "
+            f"{cfg.batch_size} x {cfg.block_size} tokens) but {free / 1e9:.3g} GB is free; use "
+            "a smaller --n-layer, --n-embd, --batch-size or --block-size")
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -582,6 +592,7 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
            stop_after, peak_tflops) -> TrainResult:
     t0 = time.perf_counter()
     data = TokenData(data_dir)
+    check_fits(cfg, data.meta.vocab_size, data.meta.eot_id)
     tokenizer = None  # the corpus' own tokenizer.json, unless FIM adds the sentinels
     if cfg.fim_rate > 0:
         data, tokenizer = fim_train_data(data, FIMConfig(cfg.fim_rate, cfg.fim_spm_rate),

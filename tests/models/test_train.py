@@ -109,3 +109,32 @@ def test_refusals(tmp_path, tiny_corpus):
 def test_config_validation(field, value, message):
     with pytest.raises(ModelConfigError, match=message):
         TrainConfig(**{**TINY, field: value})
+
+
+def test_parameter_count_is_the_built_models():
+    from models import GPT2Config, GPT2LMHead
+    from models.sizing import parameter_count
+
+    for tied in (True, False):
+        config = GPT2Config(vocab_size=97, n_positions=32, n_embd=24, n_layer=3, n_head=3,
+                            tie_word_embeddings=tied)
+        model = GPT2LMHead(config)
+        unique = {id(p): p.numel() for p in model.parameters()}
+        assert parameter_count(config) == sum(unique.values())
+
+
+def test_a_model_that_cannot_fit_is_refused_before_it_is_built(tmp_path, tiny_corpus, capsys):
+    from host.cli import main
+
+    out = tmp_path / "huge"
+    code = main(["train", "--data", str(tiny_corpus), "--out", str(out), "--max-steps", "1",
+                 "--n-layer", "99999999999999999999999", "--n-embd", "16", "--n-head", "2"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "training needs at least" in err
+    assert "GB is free" in err
+    assert not out.exists()
+    assert main(["train", "--data", str(tiny_corpus), "--out", str(out), "--max-steps", "1",
+                 "--seed", str(2**64)]) == 2
+    assert "seed must be an integer in 0..2**63-1" in capsys.readouterr().err
