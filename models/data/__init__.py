@@ -18,6 +18,7 @@ from .curriculum import (
     DataEfficiencyConfig,
     load_data_efficiency,
     parse_data_efficiency,
+    read_data_efficiency,
 )
 from .dataset import TokenData
 from .efficiency import DataEfficiency
@@ -39,6 +40,7 @@ __all__ = [
     "load_data_efficiency",
     "parse_data_efficiency",
     "prepare_corpus",
+    "read_data_efficiency",
     "split_of",
     "stdlib_files",
     "stdlib_root",

@@ -54,6 +54,7 @@ __all__ = [
     "ScheduleConfig",
     "load_data_efficiency",
     "parse_data_efficiency",
+    "read_data_efficiency",
     "truncate_batch",
 ]
 
@@ -392,16 +393,23 @@ def parse_data_efficiency(config: Mapping[str, Any]) -> DataEfficiencyConfig:
                                 random_ltd=ltd_config)
 
 
-def load_data_efficiency(path: str | Path) -> DataEfficiencyConfig:
-    """parse_data_efficiency of a JSON file."""
+def read_data_efficiency(path: str | Path) -> dict:
+    """The JSON object of a data_efficiency file, validated by `parse_data_efficiency`
+    (ModelConfigError otherwise); the raw dict, for a run to record what it was given."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
     except OSError as e:
-        raise ModelConfigError(f"cannot read {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ModelConfigError(f"{path} is not valid JSON: {e}") from None
-    return parse_data_efficiency(raw)
+        raise ModelConfigError(f"cannot read data_efficiency file {path}: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelConfigError(f"data_efficiency file {path} is not valid JSON: {e}") from None
+    parse_data_efficiency(raw)  # unknown schedules or metrics, min > max, ...
+    return raw
+
+
+def load_data_efficiency(path: str | Path) -> DataEfficiencyConfig:
+    """parse_data_efficiency of a JSON file."""
+    return parse_data_efficiency(read_data_efficiency(path))
 
 
 # -- sampling -----------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ from tqdm import tqdm
 from gpu_kernels import triton_available
 
 from ..config import GPT2Config
-from ..data import DataEfficiency, TokenData, parse_data_efficiency
+from ..data import DataEfficiency, TokenData, parse_data_efficiency, read_data_efficiency
 from ..data.fim import FIMConfig, fim_train_data
 from ..errors import CheckpointError, ModelConfigError
 from ..gpt2 import GPT2LMHead
@@ -277,19 +277,6 @@ def check_options(cfg: TrainConfig, world_size: int, device: torch.device) -> st
     if cfg.data_efficiency:
         read_data_efficiency(cfg.data_efficiency)
     return precision
-
-
-def read_data_efficiency(path: str | Path) -> dict:
-    """The JSON object of a data_efficiency file, validated (ModelConfigError otherwise)."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as e:
-        raise ModelConfigError(f"cannot read data_efficiency file {path}: {e.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelConfigError(f"data_efficiency file {path} is not valid JSON: {e}") from None
-    parse_data_efficiency(raw)  # unknown schedules or metrics, min > max, ...
-    return raw
 
 
 def _autocast(precision: str, device: torch.device):
