@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import AccelConfig
+from .intmath import ceil_div
 from .layout import row_location
 
 __all__ = ["HbmImage"]
@@ -104,12 +105,12 @@ class HbmImage:
 
     def write_vector(self, base: int, values16: np.ndarray) -> None:
         values16 = np.asarray(values16, np.float16).reshape(-1)
-        beats = -(-len(values16) // self.width)
+        beats = ceil_div(len(values16), self.width)
         self.write_matrix(base, 1, np.pad(values16, (0, beats * self.width - len(values16)))
                           .reshape(beats, self.width))
 
     def read_vector(self, base: int, length: int) -> np.ndarray:
-        beats = -(-length // self.width)
+        beats = ceil_div(length, self.width)
         return self.read_matrix(base, 1, beats, self.width).reshape(-1)[:length]
 
     # -- files -------------------------------------------------------------------------------

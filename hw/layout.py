@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .intmath import ceil_div
+
 __all__ = [
     "DESC",
     "matrix_bytes_per_channel",
@@ -28,7 +30,7 @@ __all__ = [
 
 
 def matrix_rows_per_channel(rows: int, ports: int) -> int:
-    return -(-rows // ports)
+    return ceil_div(rows, ports)
 
 
 def matrix_bytes_per_channel(rows: int, ldb: int, ports: int, beat_bytes: int) -> int:
@@ -37,7 +39,7 @@ def matrix_bytes_per_channel(rows: int, ldb: int, ports: int, beat_bytes: int) -
 
 
 def vector_bytes_per_channel(length: int, lane_width: int, ports: int, beat_bytes: int) -> int:
-    return matrix_bytes_per_channel(-(-length // lane_width), 1, ports, beat_bytes)
+    return matrix_bytes_per_channel(ceil_div(length, lane_width), 1, ports, beat_bytes)
 
 
 def row_location(base: int, row: int | np.ndarray, ldb: int, ports: int, beat_bytes: int):

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import AccelConfig
+from .intmath import ceil_div, round_up
 
 __all__ = [
     "CATEGORIES",
@@ -110,26 +111,23 @@ class Footprint:
     vw_blocks: list[slice] = field(default_factory=list)
 
 
-def _up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
 def _mm_shape(v: dict, cfg: AccelConfig) -> tuple[int, int, int, int]:
     """(rows per port, rows per lane, beats per row, tokens) of an MM or PREFETCH."""
     rows = int(v["rows"])
-    beats = -(-int(v["cols"]) // cfg.lane_width)
-    return (-(-rows // cfg.hbm_ports), -(-rows // cfg.mpu_lanes), beats, int(v.get("ntok", 1)))
+    beats = ceil_div(int(v["cols"]), cfg.lane_width)
+    ntok = int(v.get("ntok", 1))
+    return (ceil_div(rows, cfg.hbm_ports), ceil_div(rows, cfg.mpu_lanes), beats, ntok)
 
 
 def _stream_cycles(beats: int, cfg: AccelConfig) -> float:
-    bursts = -(-beats // cfg.hbm_burst_beats)
+    bursts = ceil_div(beats, cfg.hbm_burst_beats)
     return beats / cfg.port_beats_per_cycle + bursts * cfg.hbm_burst_gap_cycles
 
 
 def mm_compute_cycles(rows_per_lane: int, beats: int, ntok: int, cfg: AccelConfig) -> int:
     lat = cfg.acc_interleave
-    group = -(-lat // ntok)
-    return -(-rows_per_lane // group) * beats * max(lat, group * ntok)
+    group = ceil_div(lat, ntok)
+    return ceil_div(rows_per_lane, group) * beats * max(lat, group * ntok)
 
 
 def op_cost(op: str, v: dict, cfg: AccelConfig) -> Cost:
@@ -145,22 +143,22 @@ def op_cost(op: str, v: dict, cfg: AccelConfig) -> Cost:
     if op == "TOKOUT":  # done when the memory acknowledges the write
         return Cost("dma", 1, cfg.dma_latency_cycles + hbm_lat, "dma", hbm_write_bytes=4)
     if op in ("LOADV", "STOREV"):
-        beats = -(-_up(int(v["len"]), align) // w)
-        per_port = -(-beats // ports)
+        beats = ceil_div(round_up(int(v["len"]), align), w)
+        per_port = ceil_div(beats, ports)
         occ = _stream_cycles(per_port, cfg)
         lat = cfg.dma_latency_cycles + hbm_lat
         nbytes = beats * beat
         return Cost("dma", occ, lat, "dma", nbytes if op == "LOADV" else 0,
                     nbytes if op == "STOREV" else 0)
     if op in ("LOADR", "STORER"):
-        beats = -(-_up(int(v["len"]), align) // w)
+        beats = ceil_div(round_up(int(v["len"]), align), w)
         lat = cfg.dma_latency_cycles + hbm_lat
         nbytes = beats * beat
         return Cost("dma", _stream_cycles(beats, cfg), lat, "dma",
                     nbytes if op == "LOADR" else 0, nbytes if op == "STORER" else 0)
     if op == "STOREC":
-        n = _up(int(v["len"]), align)
-        per_port = -(-n // ports)
+        n = round_up(int(v["len"]), align)
+        per_port = ceil_div(n, ports)
         # every element is a write of its own (the column strides across rows)
         occ = per_port * (1 / cfg.port_beats_per_cycle + cfg.hbm_burst_gap_cycles)
         return Cost("dma", occ, cfg.dma_latency_cycles + hbm_lat, "dma",
@@ -169,7 +167,7 @@ def op_cost(op: str, v: dict, cfg: AccelConfig) -> Cost:
         rows_per_port, rows_per_lane, beats, ntok = _mm_shape(v, cfg)
         compute = mm_compute_cycles(rows_per_lane, beats, ntok, cfg)
         if "bias" in v["flags"]:  # the bias vector is read before the lanes start
-            compute += -(-int(v["rows"]) // align)
+            compute += ceil_div(int(v["rows"]), align)
         fetched = rows_per_port * beats
         nbytes = ports * fetched * beat
         if "prefetched" in v["flags"]:  # the timeline composes this with its PREFETCH
@@ -180,17 +178,17 @@ def op_cost(op: str, v: dict, cfg: AccelConfig) -> Cost:
     if op == "PREFETCH":
         return Cost("pref", 1, 0, "weights")
     if op in _SFU:
-        beats = -(-_up(int(v["len"]), align) // cfg.sfu_width)
+        beats = ceil_div(round_up(int(v["len"]), align), cfg.sfu_width)
         return Cost("vpu", beats, cfg.sfu_latency_cycles, "vector")
     if op in _SUMS:  # one row on a dot lane: its adder loop takes acc_interleave per beat
-        beats = -(-_up(int(v["len"]), align) // cfg.vector_width)
+        beats = ceil_div(round_up(int(v["len"]), align), cfg.vector_width)
         return Cost("vpu", beats * cfg.acc_interleave,
                     cfg.vpu_latency_cycles + cfg.reduce_latency_cycles, "vector")
     if op in _REDUCTIONS:  # compare trees: a beat per cycle, no multiplier or adder stages
-        beats = -(-_up(int(v["len"]), align) // cfg.vector_width)
+        beats = ceil_div(round_up(int(v["len"]), align), cfg.vector_width)
         return Cost("vpu", beats, cfg.reduce_latency_cycles, "vector")
     if op in ("VADD", "VMUL", "VFMA", "VADDS", "VMULS"):
-        beats = -(-_up(int(v["len"]), align) // cfg.vector_width)
+        beats = ceil_div(round_up(int(v["len"]), align), cfg.vector_width)
         return Cost("vpu", beats, cfg.vpu_latency_cycles, "vector")
     if op in ("VSET", "VGET"):
         return Cost("vpu", 1, cfg.vpu_latency_cycles, "vector")
@@ -213,7 +211,7 @@ def footprint(op: str, v: dict, cfg: AccelConfig) -> Footprint:
     f = Footprint()
 
     def vec(name: str, length: int) -> tuple[int, int]:
-        return int(v[name]), _up(int(length), a)
+        return int(v[name]), round_up(int(length), a)
 
     if op in ("LI",):
         f.rwrites = [v["rd"]]
@@ -239,8 +237,8 @@ def footprint(op: str, v: dict, cfg: AccelConfig) -> Footprint:
         f.hwrites = [int(v["mat"])]
     elif op == "MM":
         ntok = int(v["ntok"])
-        f.vreads = [(int(v["src"]), (ntok - 1) * int(v["sstride"]) + _up(int(v["cols"]), a))]
-        f.vwrites = [(int(v["dst"]), (ntok - 1) * int(v["dstride"]) + _up(int(v["rows"]), a))]
+        f.vreads = [(int(v["src"]), (ntok - 1) * int(v["sstride"]) + round_up(int(v["cols"]), a))]
+        f.vwrites = [(int(v["dst"]), (ntok - 1) * int(v["dstride"]) + round_up(int(v["rows"]), a))]
         if "bias" in v["flags"]:
             f.vreads.append(vec("bias", v["rows"]))
         if "prefetched" not in v["flags"]:
@@ -298,7 +296,7 @@ class Timeline:
     def __init__(self, cfg: AccelConfig) -> None:
         self.cfg = cfg
         self.block = cfg.align
-        blocks = -(-cfg.vbuf_words // self.block) + 1
+        blocks = ceil_div(cfg.vbuf_words, self.block) + 1
         self.v_write = np.zeros(blocks)  # when the last write of a block completes
         self.v_read = np.zeros(blocks)  # when the last read of a block is done
         self.r_ready = [0.0] * 16
@@ -318,7 +316,7 @@ class Timeline:
         self.consumed: _Prefetch | None = None  # the last prefetched matrix an MM consumed
 
     def _blocks(self, start: int, count: int) -> slice:
-        return slice(start // self.block, -(-(start + count) // self.block))
+        return slice(start // self.block, ceil_div(start + count, self.block))
 
     def _prefetched_stream(self, pf: _Prefetch, start: float) -> float:
         """When the last beat of prefetched matrix `pf` reaches its MM, which starts at `start`.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from hw.hbm import HbmImage
+from hw.intmath import round_up
 from hw.layout import DESC
 
 from .moe import scalar_tables
@@ -94,7 +95,7 @@ def build_image(plan: Plan, state: dict, device: int) -> HbmImage:
             fields["fc_b"][: len(out_i)] = t(p + "mlp.c_fc.bias")[out_i]
             fields["fcproj_b"][: len(out_c)] = t(p + "mlp.c_proj.bias")[out_c]
         words = max(r.offset + r.size for r in plan.par.values())
-        par = np.zeros(-(-words // cfg.align) * cfg.align, np.float16)
+        par = np.zeros(round_up(words, cfg.align), np.float16)
         for k, r in plan.par.items():
             par[r.offset : r.offset + r.size] = fields[k]
         image.write_vector(lay["par"], par)

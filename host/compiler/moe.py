@@ -28,12 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hw.config import AccelConfig
+from hw.intmath import ceil_div, round_up
 
 __all__ = ["MoEPlan", "measure_expert_loads", "plan_moe", "scalar_tables"]
-
-
-def _up(x: int, m: int) -> int:
-    return -(-x // m) * m
 
 
 @dataclass
@@ -100,10 +97,10 @@ def plan_moe(shape, config: AccelConfig, expert_loads: dict | None = None) -> Mo
 
     d, a = config.devices, config.align
     E, k = shape.moe_experts, shape.moe_top_k
-    ie_p = _up(shape.n_inner, a)
+    ie_p = round_up(shape.n_inner, a)
     m = MoEPlan(experts=E, top_k=k, renormalize=shape.moe_renormalize,
                 layers=list(shape.moe_layers), ie=shape.n_inner, ie_p=ie_p,
-                ldb_ie=ie_p // config.lane_width, ep=_up(E, a), slots=-(-E // d))
+                ldb_ie=ie_p // config.lane_width, ep=round_up(E, a), slots=ceil_div(E, d))
     topology = Topology.ring(d, link_gbps=config.ring_gbps,
                              hop_latency_us=config.ring_hop_latency_ns / 1e3,
                              local_gbps=config.hbm_peak_gbps)

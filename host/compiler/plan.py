@@ -35,6 +35,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from hw.config import AccelConfig
+from hw.intmath import ceil_div, round_up
 from hw.layout import DESC, matrix_bytes_per_channel, vector_bytes_per_channel
 
 from ..errors import UsageError
@@ -47,10 +48,6 @@ class CompileError(UsageError):
     """A model that cannot be mapped onto a config; the message names the limit."""
 
 
-def _up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
 def split_counts(n: int, parts: int) -> list[int]:
     """n items over `parts` devices, as evenly as they divide, the first devices taking one
     more: 25 over 4 -> [7, 6, 6, 6]."""
@@ -59,7 +56,7 @@ def split_counts(n: int, parts: int) -> list[int]:
 
 def _split_beats(n: int, devices: int, align: int, what: str) -> tuple[list[int], int]:
     """n values split in whole beats of `align`: (values on each device, slot words)."""
-    beats = -(-n // align)
+    beats = ceil_div(n, align)
     if beats < devices:
         raise CompileError(f"{what} ({n}) is {beats} beat(s) of {align} values and is split "
                            f"in whole beats; it cannot be split over {devices} devices")
@@ -240,10 +237,10 @@ def make_plan(shape: ModelShape, config: AccelConfig, max_chunk: int = 128,
     i_counts, i_lp = _split_beats(shape.n_inner, d, a, "the MLP width")
     hl = head_counts[0]
     hd = shape.head_dim
-    hdp = _up(hd, a)
+    hdp = round_up(hd, a)
     c_l = c_counts[0]
     i_l = i_counts[0]
-    vocab_local = _up(-(-shape.vocab_size // d), config.hbm_ports)
+    vocab_local = round_up(ceil_div(shape.vocab_size, d), config.hbm_ports)
     vocab_rows = [max(0, min(vocab_local, shape.vocab_size - k * vocab_local)) for k in range(d)]
     if min(vocab_rows) == 0:
         raise CompileError(f"a vocabulary of {shape.vocab_size} cannot be split over {d} "
@@ -251,7 +248,7 @@ def make_plan(shape: ModelShape, config: AccelConfig, max_chunk: int = 128,
     p = Plan(
         shape=shape, config=config, heads_local=hl, hd=hd, hdp=hdp, c_l=c_l, c_lp=c_lp,
         cp=d * c_lp, i_l=i_l, i_lp=i_lp, ip=d * i_lp, hp=d * hl * hdp,
-        qkv_rows=3 * hl * hdp, tp=_up(shape.n_positions, a), vocab_local=vocab_local,
+        qkv_rows=3 * hl * hdp, tp=round_up(shape.n_positions, a), vocab_local=vocab_local,
         vocab_rows=vocab_rows, head_counts=head_counts, c_counts=c_counts, i_counts=i_counts,
         chunk=0, gaps=(d * c_lp != shape.n_embd),
         ldb_c=0, ldb_h=0, ldb_i=0, ldb_hd=0, ldb_t=0,
@@ -274,10 +271,10 @@ def _plan_vbuf(p: Plan, max_chunk: int) -> None:
     off = 0
     for name, size in par_fields:
         p.par[name] = Region(off, size)
-        off += _up(size, a)
+        off += round_up(size, a)
     par_words = off
     fixed = [("par", par_words), ("lnf", 2 * p.cp), ("cmask", p.cp), ("tmp", p.cp),
-             ("scores", p.heads_local * p.tp), ("logits", _up(p.vocab_local, a)),
+             ("scores", p.heads_local * p.tp), ("logits", round_up(p.vocab_local, a)),
              ("head_in", p.cp)]
     per_token = [("x", p.cp), ("h", p.cp), ("qkv", p.qkv_rows), ("att", p.hp), ("y", p.cp),
                  ("m", p.ip)]
@@ -286,8 +283,8 @@ def _plan_vbuf(p: Plan, max_chunk: int) -> None:
         fixed += [("gexp", m.ep), ("gw", a), ("zero", p.cp), ("epar", m.ie_p + p.cp),
                   ("em", m.ie_p), ("ey", p.cp)]
         per_token += [("glog", m.ep), ("moe_y", p.devices * p.cp)]
-    fixed_words = sum(_up(s, a) for _, s in fixed)
-    token_words = sum(_up(s, a) for _, s in per_token)
+    fixed_words = sum(round_up(s, a) for _, s in fixed)
+    token_words = sum(round_up(s, a) for _, s in per_token)
     room = cfg.vbuf_words - fixed_words
     if room < token_words:
         raise CompileError(
@@ -299,11 +296,11 @@ def _plan_vbuf(p: Plan, max_chunk: int) -> None:
     p.chunk = chunk
     off = 0
     for name, size in fixed:
-        p.vbuf[name] = Region(off, _up(size, a))
-        off += _up(size, a)
+        p.vbuf[name] = Region(off, round_up(size, a))
+        off += round_up(size, a)
     for name, size in per_token:
-        p.vbuf[name] = Region(off, chunk * _up(size, a))
-        off += chunk * _up(size, a)
+        p.vbuf[name] = Region(off, chunk * round_up(size, a))
+        off += chunk * round_up(size, a)
 
 
 def _plan_hbm(p: Plan) -> None:
@@ -329,7 +326,7 @@ def _plan_hbm(p: Plan) -> None:
     for name, size in regions:
         p.hbm[name] = Region(off, size)
         off += size
-    par_words = sum(_up(r.size, cfg.align) for r in p.par.values())
+    par_words = sum(round_up(r.size, cfg.align) for r in p.par.values())
     inner = 0
     for name, size in [("par", vec(par_words)),
                        ("c_attn", mat(p.qkv_rows, p.ldb_c)),
@@ -354,7 +351,7 @@ def _plan_hbm(p: Plan) -> None:
             inner += size
         dense = len(m.layers) < p.shape.n_layer
         inner = max(inner, dense_inner if dense else 0)
-        tables = -(-DESC.size(p.shape.n_positions) // 64) * 64
+        tables = round_up(DESC.size(p.shape.n_positions), 64)
         m.kind_table = tables
         m.slot_table = tables + 4 * p.shape.n_layer
         end = m.slot_table + 4 * p.shape.n_layer * m.experts

@@ -12,6 +12,7 @@ import numpy as np
 
 from hw.config import AccelConfig
 from hw.hbm import HbmImage
+from hw.intmath import round_up
 from hw.isa import Instr
 
 __all__ = ["HostImages"]
@@ -48,4 +49,4 @@ class HostImages:
         """Where the program lies in port 0's buffer: the first page above the image (the
         kernel's `program` argument points there)."""
         used = self.images[device].used_bytes(0)
-        return -(-max(used, self.config.scalar_area_bytes) // _PAGE) * _PAGE
+        return round_up(max(used, self.config.scalar_area_bytes), _PAGE)

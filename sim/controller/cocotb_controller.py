@@ -37,6 +37,7 @@ from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 
 from host.runtime.isa.device import RING_OPS, IsaDevice
 from hw.hbm import HbmImage
+from hw.intmath import ceil_div
 from hw.isa import KINDS, OPCODES, assemble, encode
 from hw.perf import footprint
 from rtl.core import ops
@@ -266,7 +267,7 @@ def isa_run(program, image: HbmImage):
 
 
 def _blocks(ranges) -> list[tuple[int, int]]:
-    return [(start // A, -(-(start + count) // A)) for start, count in ranges if count > 0]
+    return [(start // A, ceil_div(start + count, A)) for start, count in ranges if count > 0]
 
 
 def _overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> bool:

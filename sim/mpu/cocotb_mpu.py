@@ -23,6 +23,7 @@ from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 
 from hw import numerics as nx
 from hw.hbm import HbmImage
+from hw.intmath import ceil_div, round_up
 from rtl.core import ops
 from sim.mpu.top import BLOCK_BITS, CONFIG, UOP
 
@@ -52,10 +53,6 @@ def uop_word(**fields) -> int:
         width = field.shape.width if hasattr(field.shape, "width") else int(field.shape)
         word |= (int(value) & ((1 << width) - 1)) << field.offset
     return word
-
-
-def _up(x: int, align: int) -> int:
-    return -(-x // align) * align
 
 
 class Memories:
@@ -140,11 +137,11 @@ async def mm_matches_numerics(dut):
     nrng = np.random.default_rng(case["seed"])
     rows, cols, ntok = case["rows"], case["cols"], case["ntok"]
     bias, mask, prefetched = case["bias"], case["mask"], case["prefetched"]
-    ldb = -(-cols // W) + case.get("extra_beats", 0)
+    ldb = ceil_div(cols, W) + case.get("extra_beats", 0)
     weights = (nrng.standard_normal((rows, cols)) * case.get("scale", 1.0)).astype(np.float16)
     vectors = nrng.standard_normal((ntok, cols)).astype(np.float16)
     biases = nrng.standard_normal(rows).astype(np.float16)
-    sstride, dstride = _up(cols, A), _up(rows, A)
+    sstride, dstride = round_up(cols, A), round_up(rows, A)
 
     image = HbmImage(CONFIG)
     image.write_matrix(MATRIX, ldb, weights)
@@ -156,7 +153,7 @@ async def mm_matches_numerics(dut):
     vbuf[BIAS:BIAS + rows] = biases
 
     expected = vbuf.copy()
-    padded = _up(rows, A)
+    padded = round_up(rows, A)
     for t in range(ntok):
         y32 = nx.matvec(weights, vectors[t], W)
         y = nx.vadd(y32, biases) if bias else nx.round_fp16(y32)
@@ -186,7 +183,7 @@ async def mm_matches_numerics(dut):
     to_send.append(("uop", mm))
     retired = None
     released = 0
-    limit = 200 + 8 * ntok * _up(rows, 4 * P) * ldb * 4
+    limit = 200 + 8 * ntok * round_up(rows, 4 * P) * ldb * 4
     for cycle in range(limit):
         await FallingEdge(dut.clk)
         mem.drive()

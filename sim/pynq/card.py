@@ -23,6 +23,7 @@ from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster
 from cocotbext.axi.axi_ram import AxiRamRead, AxiRamWrite
 
 from hw.config import AccelConfig
+from hw.intmath import round_up
 
 __all__ = ["HBM_BASE", "SimBank", "SimCard", "bank_address"]
 
@@ -49,7 +50,7 @@ class SimBank:
         self.live: dict[int, int] = {}  # offset -> bytes of every allocation not yet freed
 
     def alloc(self, nbytes: int, align: int = 4096) -> int:
-        offset = -(-self._next // align) * align
+        offset = round_up(self._next, align)
         if offset + nbytes > self.size:
             raise MemoryError(f"HBM bank {self.index} has {self.size - offset} bytes free, "
                               f"not {nbytes}")

@@ -17,6 +17,7 @@ from host.runtime.accelerator import AcceleratorBackend
 from host.runtime.generation import GenerationRequest
 from host.runtime.kv import kv_writes, read_kv, write_kv
 from hw.config import PRESETS
+from hw.intmath import round_up
 
 from .accel_helpers import hf_checkpoint
 
@@ -124,7 +125,7 @@ def test_torch_prefill_tokens_equal_all_fpga(tmp_path, vocab, n_pos, n_embd, n_l
     assert split["prefill"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     assert split["prefill"]["tokens"] == len(prompt) - 1
     hd = n_embd // n_head
-    hdp = -(-hd // PRESETS["tiny"].align) * PRESETS["tiny"].align
+    hdp = round_up(hd, PRESETS["tiny"].align)
     # each layer and head: (n-1) key rows of hdp and hdp value rows of n-1 columns, FP16
     assert split["transfer"]["bytes"] == n_layer * n_head * (len(prompt) - 1) * 2 * hdp * 2
     assert split["transfer"]["bytes_per_device"] == [split["transfer"]["bytes"] // devices] \
@@ -237,7 +238,6 @@ def test_prefill_runs_on_cuda_and_tokens_equal(tmp_path):
     assert backend.time_split["prefill"]["device"] == "cuda"
     assert tokens_h == tokens
     assert next(model.parameters()).device.type == "cpu"  # the caller's model stays put
-
 
 
 def test_default_model_demo_tokens_equal_all_fpga():

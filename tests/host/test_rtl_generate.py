@@ -11,6 +11,7 @@ import pytest
 import models
 from host.cli import main
 from host.runtime.rtl.cluster import MIN_DEPTH_LOG2, RtlCluster, RtlError
+from hw.intmath import ceil_div
 from sim import runner
 
 pytestmark = [pytest.mark.rtl, pytest.mark.slow]
@@ -43,7 +44,7 @@ def test_memory_depth_follows_the_program_and_a_failed_run_is_removed():
     compiled = compile_model(model, TINY)
     cluster = RtlCluster(TINY, max_cycles=100, hbm_bytes=0)
     cluster.load(compiled.programs, compiled.images)
-    beats = -(-compiled.images[0].used_bytes(1) // TINY.beat_bytes)
+    beats = ceil_div(compiled.images[0].used_bytes(1), TINY.beat_bytes)
     assert cluster.bench.depth_log2 > MIN_DEPTH_LOG2
     assert 1 << cluster.bench.depth_log2 >= beats
     before = _runs()

@@ -16,6 +16,7 @@ import numpy as np
 from hw import numerics as nx
 from hw.config import AccelConfig
 from hw.hbm import HbmImage
+from hw.intmath import round_up
 from hw.isa import KINDS, OPCODES, Instr, resolve
 from hw.perf import Cost, Footprint, Timeline, footprint, op_cost
 
@@ -126,7 +127,7 @@ class IsaDevice:
         return slice(start, start + count)
 
     def _vec(self, v: dict, name: str, length: int) -> np.ndarray:
-        n = -(-int(length) // self.config.align) * self.config.align
+        n = round_up(int(length), self.config.align)
         return self.vbuf[self._vrange(int(v[name]), n, name)]
 
     def _set_vec(self, v: dict, name: str, values: np.ndarray) -> None:
@@ -296,7 +297,7 @@ class IsaDevice:
             weights = self.image.read_matrix(key[0], key[1], rows, cols)
         bias = self._vec(v, "bias", rows)[:rows] if "bias" in v["flags"] else None
         align = self.config.align
-        padded = -(-rows // align) * align
+        padded = round_up(rows, align)
         for t in range(ntok):
             src = int(v["src"]) + t * int(v["sstride"])
             x = self.vbuf[self._vrange(src, cols, "MM src")]
@@ -373,4 +374,4 @@ class IsaDevice:
             raise DeviceError(f"device {self.index} pc {self.pc}: no semantics for {op}")
 
     def _len(self, n: int) -> int:
-        return -(-n // self.config.align) * self.config.align
+        return round_up(n, self.config.align)

@@ -28,6 +28,7 @@ import numpy as np
 
 from hw.config import AccelConfig
 from hw.hbm import HbmImage
+from hw.intmath import ceil_div, round_up
 from hw.isa import Instr, encode_program
 from hw.regmap import regmap
 from sim import runner
@@ -180,7 +181,7 @@ class RtlCluster(HostImages):
                 n = max(self.hbm_bytes, self.images[d].used_bytes(p))
                 if p == 0:
                     n = max(n, self.program_offset(d) + encode_program(dev.program).nbytes)
-                need = max(need, -(-n // beat))
+                need = max(need, ceil_div(n, beat))
         return need
 
     def start(self) -> None:
@@ -241,11 +242,11 @@ class RtlCluster(HostImages):
             offsets.append(offset)
             for p in range(cfg.hbm_ports):
                 n = image.used_bytes(p)
-                if -(-max(n, self.hbm_bytes) // beat) > depth:
+                if ceil_div(max(n, self.hbm_bytes), beat) > depth:
                     raise RtlError(f"device {d} port {p} holds {n} bytes; the memory model has "
                                    f"{depth * beat} (raise depth_log2)")
                 path = work / f"hbm{d}_{p}.hex"
-                _write_hex(path, image.read_bytes(p, 0, -(-n // beat) * beat), beat)
+                _write_hex(path, image.read_bytes(p, 0, round_up(n, beat)), beat)
                 plusargs += [f"+hbm{d}_{p}={path}", f"+hbm{d}_{p}_out={work}/hbm{d}_{p}.out"]
             plusargs += [f"+trace{d}={work}/trace{d}.txt", f"+hbm{d}_0_log={work}/hbm{d}_0.log"]
             args.append({"program": top.hbm_base(0) + offset, "program_words": len(dev.program),
