@@ -17,12 +17,12 @@ from pathlib import Path
 
 import models
 from hw.config import load_config
+from hw.isasim import IsaCluster
 from hw.layout import DESC
 from hw.outdir import output_dir
 
 from ..compiler import compile_model
 from ..errors import UsageError
-from ..runtime.isa import IsaCluster
 from .options import add_output_arguments
 from .perf import model_shape
 

@@ -22,13 +22,13 @@ import numpy as np
 from torch import nn
 
 from hw.config import AccelConfig
+from hw.isasim import IsaCluster
 from hw.layout import DESC
 from hw.perf import CATEGORIES, hbm_utilization
 
 from ..compiler import compile_model
 from ..errors import UsageError
 from .generation import GenerationRequest, Step
-from .isa import IsaCluster
 from .kv import PCIE_GBPS, write_kv
 from .prefill import PREFILL_TARGETS, HostPrefill
 

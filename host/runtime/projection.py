@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from hw.config import ASSUMPTIONS, CORNERS, AccelConfig, at_corner
+from hw.isasim import IsaCluster
 from hw.layout import DESC
 from hw.perf import CATEGORIES, hbm_utilization
 
 from ..compiler import ModelShape, compile_model
 from ..errors import UsageError
-from .isa import IsaCluster
 
 __all__ = ["BAND_KEYS", "MODEL_SHAPES", "project", "project_band"]
 

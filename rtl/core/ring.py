@@ -1,5 +1,5 @@
 """`Ring`: the collectives (ALLGATHER, ARGMAXALL, SYNC) over a unidirectional ring of AXI4-Stream
-links, bit-exact with `host.runtime.isa.cluster.IsaCluster._collective`.
+links, bit-exact with `hw.isasim.cluster.IsaCluster._collective`.
 
 Every flit carries `{kind, origin, hops}` in TUSER. A device sends its own flits (its ALLGATHER
 slices, block by block; its ARGMAXALL candidate; a SYNC token) to the next device, and forwards

@@ -1,5 +1,5 @@
 """`Vpu`: the vector unit: elementwise instructions, special functions, reductions, VSET and
-VGET, bit-exact with `host.runtime.isa.device.IsaDevice._vector` (through `rtl.arith`).
+VGET, bit-exact with `hw.isasim.device.IsaDevice._vector` (through `rtl.arith`).
 
 An instruction is read beat by beat (`align` words; vectors are rounded up to whole beats as
 the instruction-level simulator rounds them) through up to three read ports, one per operand.

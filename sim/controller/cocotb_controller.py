@@ -35,10 +35,10 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 
-from host.runtime.isa.device import RING_OPS, IsaDevice
 from hw.hbm import HbmImage
 from hw.intmath import ceil_div
 from hw.isa import KINDS, OPCODES, assemble, encode
+from hw.isasim.device import RING_OPS, IsaDevice
 from hw.perf import footprint
 from rtl.core import ops
 from rtl.core.controller import ENGINE_NAMES, INT_WRITERS, SCALAR_WRITERS

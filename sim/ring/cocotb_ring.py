@@ -30,8 +30,8 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 from cocotbext.axi import AxiStreamBus, AxiStreamFrame, AxiStreamSink, AxiStreamSource
 
-from host.runtime.isa import IsaCluster
 from hw.isa import Instr
+from hw.isasim import IsaCluster
 from rtl.core import ops
 from rtl.core.ring import FLIT_USER
 from sim.ring.top import BLOCK_BITS, CONFIG, UOP

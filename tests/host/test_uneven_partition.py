@@ -15,10 +15,10 @@ import models
 from host.cli import main
 from host.compiler import CompileError, ModelShape, compile_model
 from host.compiler.plan import make_plan, slot_positions, split_counts
-from host.runtime.isa import IsaCluster
 from host.runtime.kv import read_kv, write_kv
 from host.runtime.projection import MODEL_SHAPES
 from hw.config import PRESETS
+from hw.isasim import IsaCluster
 from hw.layout import DESC
 from models.moe import MoEGPT, MoEGPTConfig
 

@@ -108,7 +108,7 @@ def mid_model(tmp_path_factory):
 
 def _timed_run(model, config, functional, symmetric, hints, n_in=5, n_out=6):
     from host.compiler import compile_model
-    from host.runtime.isa import IsaCluster
+    from hw.isasim import IsaCluster
 
     compiled = compile_model(model, config)
     cluster = IsaCluster(config, functional=functional, symmetric=symmetric)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from host.compiler import compile_model
-from host.runtime.isa import IsaCluster
 from host.runtime.rtl import RtlCluster
 from hw.config import TINY
 from hw.isa import assemble
+from hw.isasim import IsaCluster
 from hw.layout import DESC
 from sim.toolchain import available_simulators
 

@@ -30,12 +30,12 @@ from hw.config import AccelConfig
 from hw.hbm import HbmImage
 from hw.intmath import ceil_div, round_up
 from hw.isa import Instr, encode_program
+from hw.isasim import IsaCluster
 from hw.regmap import regmap
 from sim import runner
 from sim.core import top
 
 from ..host_images import HostImages
-from ..isa import IsaCluster
 from .timing import attribute
 
 #: the smallest memory model (beats per HBM port, log2): one build serves every small model
