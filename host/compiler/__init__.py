@@ -17,8 +17,9 @@ from hw.hbm import HbmImage
 from hw.isa import Instr, disassemble, encode_program
 
 from .codegen import R_L, generate_program
+from .errors import CompileError
 from .images import build_image
-from .plan import CompileError, ModelShape, Plan, make_plan
+from .plan import ModelShape, Plan, make_plan
 
 __all__ = ["CompileError", "CompiledModel", "ModelShape", "Plan", "compile_model"]
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from hw.config import AccelConfig
 from hw.intmath import ceil_div, round_up
 
+from .errors import CompileError
+
 __all__ = ["MoEPlan", "measure_expert_loads", "plan_moe", "scalar_tables"]
 
 
@@ -92,8 +94,6 @@ def plan_moe(shape, config: AccelConfig, expert_loads: dict | None = None) -> Mo
     expert_loads: {layer: (E,) tokens per expert}, e.g. routing counts measured on a corpus;
     missing layers (and the default) use uniform loads."""
     from models.moe.topology import Topology, place_experts
-
-    from .plan import CompileError
 
     d, a = config.devices, config.align
     E, k = shape.moe_experts, shape.moe_top_k

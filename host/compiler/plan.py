@@ -38,14 +38,10 @@ from hw.config import AccelConfig
 from hw.intmath import ceil_div, round_up
 from hw.layout import DESC, matrix_bytes_per_channel, vector_bytes_per_channel
 
-from ..errors import UsageError
+from .errors import CompileError
 from .moe import MoEPlan, plan_moe
 
-__all__ = ["CompileError", "ModelShape", "Plan", "make_plan"]
-
-
-class CompileError(UsageError):
-    """A model that cannot be mapped onto a config; the message names the limit."""
+__all__ = ["ModelShape", "Plan", "make_plan", "slot_positions", "split_counts"]
 
 
 def split_counts(n: int, parts: int) -> list[int]:
