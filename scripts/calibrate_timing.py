@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from host.runtime.generation import GenerationRequest, make_backend
+from host.runtime import GenerationRequest, make_backend
 from host.runtime.rtl.timing import compare
 from tests.host.accel_helpers import hf_checkpoint
 

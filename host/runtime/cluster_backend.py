@@ -1,5 +1,10 @@
-"""Generation on the accelerator: compile once, then per request write the job descriptor,
+"""`ClusterBackend`: generation on a compiled model over a device cluster. Compile once, build
+the devices with a `ClusterFactory` and load them, then per request write the job descriptor,
 start the devices, and turn their TOKOUT events into timed steps.
+
+The `isa` backend is a `ClusterBackend` on `hw.isasim.IsaCluster` (the default factory,
+`isa_cluster`); the `rtl` and `board` backends (`RtlBackend`, `BoardBackend`) are the same
+backend on their own clusters. Everything here goes through the `DeviceCluster` protocol.
 
 The devices decode greedily (argmax on device, across the ring), so requests must have
 temperature 0. `ms` of a step is device time at the configured clock (cycles / clock), not the
@@ -26,23 +31,30 @@ from hw.isasim import IsaCluster
 from hw.layout import DESC
 from hw.perf import CATEGORIES, hbm_utilization
 
-from ..compiler import compile_model
+from ..compiler import CompiledModel, compile_model
 from ..errors import UsageError
-from .generation import GenerationRequest, Step
+from .api import ClusterFactory, DeviceCluster, GenerationRequest, Step
 from .kv import PCIE_GBPS, write_kv
 from .prefill import PREFILL_TARGETS, HostPrefill
 
-__all__ = ["AcceleratorBackend"]
+__all__ = ["ClusterBackend", "isa_cluster"]
 
 
-class AcceleratorBackend:
-    """A compiled model on a cluster of devices (the `isa` simulator today)."""
+def isa_cluster(compiled: CompiledModel) -> IsaCluster:
+    """The instruction-level simulator's devices for `compiled` (functional, all simulated):
+    the `isa` backend's cluster, and the host's emulation of the devices for exact prefill."""
+    return IsaCluster(compiled.config)
+
+
+class ClusterBackend:
+    """A compiled model on a cluster of devices: `cluster_factory` builds them (the `isa`
+    simulator by default), once per backend."""
 
     greedy_only = True  # argmax runs on the devices; sampling would need the logits on the host
 
     def __init__(self, model: nn.Module, config: AccelConfig, return_logits: bool = False,
-                 name: str = "isa", prefill: str = "fpga", prefill_numerics: str = "torch"
-                 ) -> None:
+                 name: str = "isa", prefill: str = "fpga", prefill_numerics: str = "torch",
+                 cluster_factory: ClusterFactory = isa_cluster) -> None:
         if prefill not in PREFILL_TARGETS:
             raise UsageError(f"--prefill must be one of {', '.join(PREFILL_TARGETS)}, "
                              f"not {prefill!r}")
@@ -50,13 +62,13 @@ class AcceleratorBackend:
         self.model = model
         self.config = config
         self.compiled = compile_model(model, config)
-        self.cluster = IsaCluster(config)
+        self.cluster: DeviceCluster = cluster_factory(self.compiled)
         self.cluster.load(self.compiled.programs, self.compiled.images)
         self.return_logits = return_logits
         self.prefill = prefill
+        # exact prefill is the devices' arithmetic emulated on the host, whatever the cluster
         self.host_prefill = None if prefill == "fpga" else HostPrefill(
-            model, prefill_numerics, compiled=self.compiled,
-            cluster_factory=lambda: IsaCluster(config))
+            model, prefill_numerics, compiled=self.compiled, cluster_factory=isa_cluster)
         self.time_split: dict[str, Any] | None = None  # of the last request, once it is done
 
     def describe(self) -> dict[str, Any]:

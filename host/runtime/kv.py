@@ -25,6 +25,7 @@ from hw.layout import row_location
 
 from ..compiler import Plan
 from ..errors import UsageError
+from .api import DeviceCluster
 
 __all__ = ["PCIE_GBPS", "KvCache", "kv_writes", "read_kv", "write_kv"]
 
@@ -80,7 +81,7 @@ def kv_writes(plan: Plan, kv: KvCache, device: int) -> Iterator[tuple[int, int, 
                 yield channel, offset, vt[i]
 
 
-def write_kv(cluster, plan: Plan, kv: KvCache) -> list[int]:
+def write_kv(cluster: DeviceCluster, plan: Plan, kv: KvCache) -> list[int]:
     """Write `kv` into every device of `cluster` (through `cluster.image(d)`, the host's view of
     the device memory); returns the bytes written per device."""
     written = []

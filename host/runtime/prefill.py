@@ -28,7 +28,9 @@ from torch import nn
 
 from hw.layout import DESC
 
+from ..compiler import CompiledModel
 from ..errors import UsageError
+from .api import ClusterFactory
 from .kv import KvCache, read_kv
 
 __all__ = ["PREFILL_NUMERICS", "PREFILL_TARGETS", "HostPrefill", "PrefillResult"]
@@ -56,7 +58,8 @@ class HostPrefill:
     """Computes the KV cache of all but the last prompt token on the host."""
 
     def __init__(self, model: nn.Module, numerics: str = "torch", device: str | None = None,
-                 compiled=None, cluster_factory=None) -> None:
+                 compiled: CompiledModel | None = None,
+                 cluster_factory: ClusterFactory | None = None) -> None:
         if numerics not in PREFILL_NUMERICS:
             raise UsageError(f"prefill numerics must be one of {', '.join(PREFILL_NUMERICS)}, "
                              f"not {numerics!r}")
@@ -112,7 +115,7 @@ class HostPrefill:
         plan = self.compiled.plan
         if not ids:
             return read_kv(self.compiled.images, plan, 0)
-        cluster = self.cluster_factory()
+        cluster = self.cluster_factory(self.compiled)
         cluster.load(self.compiled.programs, [im.copy() for im in self.compiled.images])
         for d in range(plan.devices):
             cluster.write_i32(d, DESC.N_PROMPT, [len(ids)])

@@ -9,8 +9,8 @@ import torch
 import transformers
 
 import models
-from host.runtime.accelerator import AcceleratorBackend
-from host.runtime.generation import GenerationRequest
+from host.runtime import GenerationRequest
+from host.runtime.cluster_backend import ClusterBackend
 from hw.config import PRESETS
 
 #: Documented logit tolerance of the isa backend against the fp32 golden model, for a step
@@ -90,7 +90,7 @@ class Agreement:
 
 
 def compare_with_golden(model, prompt, n_new, devices, config="tiny") -> Agreement:
-    backend = AcceleratorBackend(model, PRESETS[config].with_devices(devices),
+    backend = ClusterBackend(model, PRESETS[config].with_devices(devices),
                                  return_logits=True)
     steps = list(backend.stream(GenerationRequest(list(prompt), n_new)))
     tokens = [s.token for s in steps]

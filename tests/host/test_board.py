@@ -24,9 +24,9 @@ import pytest
 
 from host.cli import main
 from host.errors import UsageError
-from host.runtime.accelerator import AcceleratorBackend
+from host.runtime import GenerationRequest, make_backend
 from host.runtime.board import BoardCluster, BoardError, import_pynq, pynq_bank
-from host.runtime.generation import GenerationRequest, make_backend
+from host.runtime.cluster_backend import ClusterBackend
 from hw.config import PRESETS, load_config
 from hw.isa import Instr
 from hw.regmap import CONTROL_BITS, regmap
@@ -126,7 +126,7 @@ def session(tmp_path_factory):
                   "timeout_s": 30.0}},
     ]
     results = card.run_jobs(jobs, pauses=True, seed=3)
-    isa = AcceleratorBackend(model, config)
+    isa = ClusterBackend(model, config)
     isa_steps = list(isa.stream(GenerationRequest(list(PROMPT), NEW_TOKENS)))
     memory = np.load(tmp / "generate.npz") if (tmp / "generate.npz").is_file() else None
     return {"results": results, "isa": isa, "isa_steps": isa_steps, "config": config,
@@ -227,7 +227,7 @@ def test_board_generation_on_a_card(tmp_path):
     board = make_backend("board", model, config=config.name, devices=1, xclbin=xclbin,
                          pynq=pynq)
     tokens = [s.token for s in board.stream(request)]
-    isa = AcceleratorBackend(model, config)
+    isa = ClusterBackend(model, config)
     assert tokens == [s.token for s in isa.stream(request)]
     for p in range(config.hbm_ports):
         assert not _differing_bytes(board.cluster.image(0).channels[p],

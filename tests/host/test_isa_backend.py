@@ -80,12 +80,12 @@ def _kv_tolerance(want: np.ndarray) -> np.ndarray:
 def test_kv_cache_in_hbm_holds_the_golden_keys_and_values(tmp_path):
     import torch
 
-    from host.runtime.accelerator import AcceleratorBackend
-    from host.runtime.generation import GenerationRequest
+    from host.runtime import GenerationRequest
+    from host.runtime.cluster_backend import ClusterBackend
     from hw.config import PRESETS
 
     model = hf_checkpoint(tmp_path, 211, 32, 48, 2, 3)
-    backend = AcceleratorBackend(model, PRESETS["tiny"])
+    backend = ClusterBackend(model, PRESETS["tiny"])
     prompt = [9, 8, 7, 6]
     tokens = [s.token for s in backend.stream(GenerationRequest(prompt, 5))]
     with torch.no_grad():

@@ -14,8 +14,8 @@ import models
 from host.cli import main
 from host.compiler import CompileError, ModelShape, compile_model
 from host.compiler.moe import measure_expert_loads
-from host.runtime.accelerator import AcceleratorBackend
-from host.runtime.generation import GenerationRequest
+from host.runtime import GenerationRequest
+from host.runtime.cluster_backend import ClusterBackend
 from hw.config import PRESETS
 from models.moe import MoEGPT, MoEGPTConfig
 
@@ -121,7 +121,7 @@ def test_devices_run_the_experts_the_golden_router_chooses(tmp_path, devices, to
     for every MoE block and token along the run (prefill chunk, then one token per pass),
     restricted to the experts the placement put on that device."""
     model = moe_checkpoint(tmp_path, n_layer=3, top_k=top_k, moe_every=1)
-    backend = AcceleratorBackend(model, PRESETS["tiny"].with_devices(devices))
+    backend = ClusterBackend(model, PRESETS["tiny"].with_devices(devices))
     for dev in backend.cluster.devices:
         dev.mm_reads = []
     n_new = 8
@@ -151,9 +151,9 @@ def test_the_expert_table_selects_the_weights(tmp_path):
     model = moe_checkpoint(tmp_path, n_layer=2, top_k=1, moe_every=1)
     request = GenerationRequest(list(PROMPT), 10)
     golden = model.generate(PROMPT, 10)
-    clean = AcceleratorBackend(model, PRESETS["tiny"])
+    clean = ClusterBackend(model, PRESETS["tiny"])
     assert [s.token for s in clean.stream(request)] == golden
-    rotated = AcceleratorBackend(model, PRESETS["tiny"])
+    rotated = ClusterBackend(model, PRESETS["tiny"])
     m = rotated.compiled.plan.moe
     image = rotated.cluster.image(0)
     for layer in m.layers:
@@ -242,10 +242,10 @@ def test_host_prefill_of_an_moe_model(tmp_path):
     model = moe_checkpoint(tmp_path, n_layer=2, top_k=2, moe_every=1)
     config = PRESETS["tiny"].with_devices(2)
     request = GenerationRequest([3, 5, 7, 9, 11, 13, 15], 6)
-    fpga = [s.token for s in AcceleratorBackend(model, config).stream(request)]
-    exact = AcceleratorBackend(model, config, prefill="gpu", prefill_numerics="exact")
+    fpga = [s.token for s in ClusterBackend(model, config).stream(request)]
+    exact = ClusterBackend(model, config, prefill="gpu", prefill_numerics="exact")
     assert [s.token for s in exact.stream(request)] == fpga
-    host = AcceleratorBackend(model, config, prefill="gpu")
+    host = ClusterBackend(model, config, prefill="gpu")
     assert [s.token for s in host.stream(request)] == model.generate(request.prompt_ids, 6)
     assert host.time_split["first_token"]["device_tokens"] == 1
 

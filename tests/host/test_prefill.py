@@ -13,8 +13,8 @@ import torch
 from host.cli import main
 from host.compiler import make_plan
 from host.compiler.plan import ModelShape
-from host.runtime.accelerator import AcceleratorBackend
-from host.runtime.generation import GenerationRequest
+from host.runtime import GenerationRequest
+from host.runtime.cluster_backend import ClusterBackend
 from host.runtime.kv import kv_writes, read_kv, write_kv
 from hw.config import PRESETS
 from hw.intmath import round_up
@@ -32,7 +32,7 @@ SIZES = ("vocab", "n_pos", "n_embd", "n_layer", "n_head", "devices")
 
 
 def _run(model, devices, prompt, n_new, **options):
-    backend = AcceleratorBackend(model, PRESETS["tiny"].with_devices(devices),
+    backend = ClusterBackend(model, PRESETS["tiny"].with_devices(devices),
                                  return_logits=True, **options)
     steps = list(backend.stream(GenerationRequest(list(prompt), n_new)))
     return backend, [s.token for s in steps], np.array([s.extra["logits"] for s in steps])
@@ -145,7 +145,7 @@ def test_a_second_request_overwrites_the_first_requests_cache(tmp_path):
     """A backend serves requests one after another: each request's host KV replaces what the
     previous one left in HBM."""
     model = hf_checkpoint(tmp_path, 211, 32, 48, 2, 3)
-    backend = AcceleratorBackend(model, PRESETS["tiny"], prefill="gpu")
+    backend = ClusterBackend(model, PRESETS["tiny"], prefill="gpu")
     first, second = [5, 9, 11, 3, 7, 2], [40, 41, 42, 43]
     list(backend.stream(GenerationRequest(first, 4)))
     tokens = [s.token for s in backend.stream(GenerationRequest(second, 6))]
@@ -249,6 +249,6 @@ def test_default_model_demo_tokens_equal_all_fpga():
     prompt = models.load_tokenizer(models.default_model_dir()).encode("def fibonacci(n):")
     runs = []
     for options in ({}, {"prefill": "gpu"}):
-        backend = AcceleratorBackend(model, PRESETS["u280"].with_devices(2), **options)
+        backend = ClusterBackend(model, PRESETS["u280"].with_devices(2), **options)
         runs.append([s.token for s in backend.stream(GenerationRequest(prompt, 24))])
     assert runs[1] == runs[0]

@@ -32,8 +32,7 @@ from tokenizers import models as tok_models
 
 import models
 from host.cli import main as cli_main
-from host.runtime import BACKENDS
-from host.runtime.generation import TorchBackend
+from host.runtime import BACKENDS, TorchBackend
 from host.serving import BackgroundServer, ServeConfig, load_service
 
 CORPUS = ["def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",

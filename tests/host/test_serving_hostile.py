@@ -22,8 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 import torch
 
-from host.runtime import BACKENDS
-from host.runtime.generation import TorchBackend
+from host.runtime import BACKENDS, TorchBackend
 from host.serving import BackgroundServer, ServeConfig, load_service
 
 HTTP_TIMEOUT_S = 30

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from host.runtime.generation import GenerationRequest, TorchBackend
+from host.runtime import GenerationRequest, TorchBackend
 from models import load_model
 
 pytestmark = pytest.mark.gpu

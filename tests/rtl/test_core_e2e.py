@@ -20,17 +20,16 @@ import numpy as np
 import pytest
 
 from host.cli import main
-from host.runtime.accelerator import AcceleratorBackend
-from host.runtime.generation import GenerationRequest, make_backend
+from host.runtime import GenerationRequest, make_backend
+from host.runtime.cluster_backend import ClusterBackend
 from host.runtime.rtl.timing import compare
 from hw.config import load_config
 from hw.isa import OPCODES
 from hw.perf import CATEGORIES
-from sim.toolchain import available_simulators
 
 from ..host.accel_helpers import hf_checkpoint
 
-pytestmark = [pytest.mark.rtl, pytest.mark.slow]
+pytestmark = [pytest.mark.rtl, pytest.mark.slow, pytest.mark.simulator("verilator")]
 
 PROMPT = [3, 5, 7, 9]
 NEW_TOKENS = 8
@@ -38,9 +37,6 @@ NEW_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    reason = available_simulators()["verilator"]
-    if reason:
-        pytest.skip(reason)
     path = tmp_path_factory.mktemp("e2e")
     # 1 layer, 2 heads of 16: the smallest model that still splits over 2 devices
     return path, hf_checkpoint(path, 97, 24, 32, 1, 2)
@@ -59,7 +55,7 @@ def runs(model):
     def get(devices: int):
         if devices not in cache:
             request = GenerationRequest(list(PROMPT), NEW_TOKENS)
-            isa = AcceleratorBackend(model, load_config("tiny", devices))
+            isa = ClusterBackend(model, load_config("tiny", devices))
             isa_steps = list(isa.stream(request))
             rtl = make_backend("rtl", model, config="tiny", devices=devices)
             rtl_steps = list(rtl.stream(request))

@@ -9,14 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from host.runtime.accelerator import AcceleratorBackend
-from host.runtime.generation import GenerationRequest, make_backend
+from host.runtime import GenerationRequest, make_backend
+from host.runtime.cluster_backend import ClusterBackend
 from hw.config import load_config
-from sim.toolchain import available_simulators
 
 from ..host.accel_helpers import hf_checkpoint
 
-pytestmark = [pytest.mark.rtl, pytest.mark.slow]
+pytestmark = [pytest.mark.rtl, pytest.mark.slow, pytest.mark.simulator("verilator")]
 
 PROMPT = [3, 5, 7, 9]
 NEW_TOKENS = 3
@@ -26,13 +25,10 @@ HBM_RATE, LINK_RATE, SEED = 160, 128, 7  # out of 256: ~37% and 50% of handshake
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    reason = available_simulators()["verilator"]
-    if reason:
-        pytest.skip(reason)
     # the e2e test's model: 1 layer, 2 heads of 16, split over 2 devices
     model = hf_checkpoint(tmp_path_factory.mktemp("stalls"), 97, 24, 32, 1, 2)
     request = GenerationRequest(list(PROMPT), NEW_TOKENS)
-    isa = AcceleratorBackend(model, load_config("tiny", DEVICES))
+    isa = ClusterBackend(model, load_config("tiny", DEVICES))
     isa_steps = list(isa.stream(request))
     rtl = make_backend("rtl", model, config="tiny", devices=DEVICES)
     rtl.cluster.hbm_rate, rtl.cluster.link_rate, rtl.cluster.seed = HBM_RATE, LINK_RATE, SEED

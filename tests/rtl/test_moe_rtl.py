@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from host.runtime.accelerator import AcceleratorBackend
-from host.runtime.generation import GenerationRequest, make_backend
+from host.runtime import GenerationRequest, make_backend
+from host.runtime.cluster_backend import ClusterBackend
 from hw.config import load_config
-from sim.toolchain import available_simulators
 
 from ..host.test_moe_fpga import moe_checkpoint
 
-pytestmark = [pytest.mark.rtl, pytest.mark.slow]
+pytestmark = [pytest.mark.rtl, pytest.mark.slow, pytest.mark.simulator("verilator")]
 
 PROMPT = [3, 5, 7, 9]
 NEW_TOKENS = 8
@@ -28,9 +27,6 @@ NEW_TOKENS = 8
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    reason = available_simulators()["verilator"]
-    if reason:
-        pytest.skip(reason)
     path = tmp_path_factory.mktemp("moe-e2e")
     return moe_checkpoint(path, vocab=97, n_pos=24, n_embd=32, n_layer=1, n_head=2,
                           n_inner=64, experts=4, top_k=2, moe_every=1)
@@ -39,7 +35,7 @@ def model(tmp_path_factory):
 @pytest.mark.parametrize("devices", [1, 2])
 def test_moe_tokens_and_memory_are_bit_exact_with_isa_and_golden(model, devices):
     request = GenerationRequest(list(PROMPT), NEW_TOKENS)
-    isa = AcceleratorBackend(model, load_config("tiny", devices))
+    isa = ClusterBackend(model, load_config("tiny", devices))
     isa_tokens = [s.token for s in isa.stream(request)]
     rtl = make_backend("rtl", model, config="tiny", devices=devices)
     rtl_tokens = [s.token for s in rtl.stream(request)]

@@ -1,9 +1,10 @@
 """`BoardBackend`: generation on Alveo cards through PYNQ.
 
-The compiled model, the job descriptor and the token stream are `AcceleratorBackend`'s; only
-the cluster differs (`BoardCluster`). A card runs the whole job to HALT and reports one cycle
-count, so every step carries the run's `run_cycles`, and its `ms` is the run's kernel time at
-the configured clock spread evenly over the tokens (the board measures no per-token time);
+The compiled model, the job descriptor and the token stream are `ClusterBackend`'s; only the
+cluster differs (a `BoardCluster`, built by the factory this backend hands it). A card runs
+the whole job to HALT and reports one cycle count, so every step carries the run's
+`run_cycles`, and its `ms` is the run's kernel time at the configured clock spread evenly over
+the tokens (the board measures no per-token time);
 `time_split` is not reported.
 """
 
@@ -18,16 +19,17 @@ from torch import nn
 from hw.config import AccelConfig
 from hw.layout import DESC
 
+from ...compiler import CompiledModel
 from ...errors import UsageError
-from ..accelerator import AcceleratorBackend
-from ..generation import Step
+from ..api import Step
+from ..cluster_backend import ClusterBackend
 from .cluster import BoardCluster
 
 __all__ = ["BoardBackend"]
 
 
-class BoardBackend(AcceleratorBackend):
-    """`AcceleratorBackend` on a `BoardCluster`."""
+class BoardBackend(ClusterBackend):
+    """`ClusterBackend` on a `BoardCluster`."""
 
     def __init__(self, model: nn.Module, config: AccelConfig, xclbin: str | Path, *,
                  pynq: ModuleType | None = None, link_cfg: str | Path | None = None,
@@ -36,12 +38,14 @@ class BoardBackend(AcceleratorBackend):
         if return_logits:
             raise UsageError("the board backend cannot return logits (the argmax runs on the "
                              "cards); use --backend isa for logits")
-        super().__init__(model, config, name="board", **options)
         self.xclbin = Path(xclbin)
-        self.cluster = BoardCluster(config, xclbin, pynq=pynq, link_cfg=link_cfg,
-                                    timeout_s=timeout_s,
-                                    tokens_at=DESC.out_tokens(model.config.n_positions))
-        self.cluster.load(self.compiled.programs, self.compiled.images)
+
+        def board_cluster(compiled: CompiledModel) -> BoardCluster:
+            return BoardCluster(compiled.config, xclbin, pynq=pynq, link_cfg=link_cfg,
+                                timeout_s=timeout_s,
+                                tokens_at=DESC.out_tokens(model.config.n_positions))
+
+        super().__init__(model, config, name="board", cluster_factory=board_cluster, **options)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "xclbin": str(self.xclbin)}

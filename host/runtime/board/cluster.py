@@ -74,6 +74,7 @@ class BoardDevice:
     program: list[Instr]
     events: list[tuple[int, int, dict]] = field(default_factory=list)
     argmax_inputs: list | None = None
+    argmax_pc: int | None = None  #: unused: only the `isa` simulator records logits
     cycles: int = 0  #: the kernel's `cycles` register after the last run
     overlay: Any = None
     ip: Any = None

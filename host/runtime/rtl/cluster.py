@@ -58,6 +58,7 @@ class RtlDevice:
     #: (pc, issue cycle, done cycle) per executed instruction, in issue order
     timeline: list[tuple[int, int, int]] = field(default_factory=list)
     argmax_inputs: list | None = None
+    argmax_pc: int | None = None  #: unused: only the `isa` simulator records logits
     cycles: int = 0  #: the kernel's `cycles` register: start to done, the loader included
     end: int = 0  #: the testbench cycle the run ended
     executed: int = 0
