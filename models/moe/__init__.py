@@ -26,6 +26,8 @@ from .parallel import (
     allreduce_gradients,
     create_expert_parallel_groups,
     expert_parallel_ranks,
+    is_expert_param,
+    mark_expert_params,
     split_parameters,
 )
 from .pruning import expert_usage, prune_experts
@@ -63,9 +65,11 @@ __all__ = [
     "expert_parallel_ranks",
     "expert_targets",
     "expert_usage",
+    "is_expert_param",
     "kd_loss",
     "kd_weight",
     "load_balancing_loss",
+    "mark_expert_params",
     "mos_loss",
     "place_experts",
     "prune_experts",

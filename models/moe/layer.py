@@ -49,7 +49,7 @@ from gpu_kernels import (
 from ..errors import ModelConfigError
 from ..gpt2 import MLP, Projection
 from .gates import Routing
-from .parallel import all_to_all
+from .parallel import all_to_all, mark_expert_params
 from .router import Router, TopKGate
 
 __all__ = ["MoE", "MoEOutput"]
@@ -120,6 +120,8 @@ class MoE(nn.Module):
         self.num_local_experts = num_experts // ep_size
         self.gate = gate
         self.experts = nn.ModuleList(copy.deepcopy(expert) for _ in range(self.num_local_experts))
+        # expert gradients average over the expert-data-parallel group (`parallel`)
+        mark_expert_params(self.experts)
         self.dropless = dropless
         self.kernels = kernels
         resolve_kernels(kernels, "cpu")  # validates the name
@@ -131,6 +133,12 @@ class MoE(nn.Module):
         self.ep_rank = 0
         if ep_group is not None:
             self.set_expert_parallel_group(ep_group)
+
+    def __setstate__(self, state: dict) -> None:
+        # copy.deepcopy (and unpickling) come through here; a deep-copied nn.Parameter loses
+        # its attributes, so the copy's experts are tagged again
+        super().__setstate__(state)
+        mark_expert_params(self.experts)
 
     @property
     def k(self) -> int:

@@ -15,6 +15,11 @@ parameters get the shares of all ep_size ranks of its EP group through the backw
 all-to-all, already summed; the all-reduce over its EDP group (W / ep_size ranks) sums the
 rest, so the divisor is W as well, not the EDP group size. Dividing by the EDP size, as
 DeepSpeed once did, inflates expert gradients ep_size-fold.
+
+Which parameters are an expert's is told by a tag on the parameter itself, as MegaBlocks does
+(`expert_model_parallel`): the MoE layer marks its experts' parameters when it is built
+(`mark_expert_params`) and `split_parameters` reads the mark (`is_expert_param`), so this
+module needs nothing of the layer's, which imports the all-to-all from here.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ __all__ = [
     "allreduce_gradients",
     "create_expert_parallel_groups",
     "expert_parallel_ranks",
+    "is_expert_param",
+    "mark_expert_params",
     "split_parameters",
 ]
 
@@ -99,19 +106,28 @@ def all_to_all(x: Tensor, group) -> Tensor:
     return _AllToAll.apply(x, group)
 
 
-def _is_expert_param(param_name: str, moe_names: set[str]) -> bool:
-    # an MoE layer that is the root module itself is named ""
-    return any(param_name.startswith(f"{m}.experts." if m else "experts.") for m in moe_names)
+#: The attribute that tags a parameter as an expert's (True); absent on dense parameters.
+EXPERT_PARAM_ATTR = "moe_expert"
+
+
+def mark_expert_params(experts: nn.Module) -> None:
+    """Tag every parameter of `experts` as an expert's. The MoE layer calls it on its
+    `experts` when it is built (and again after a deep copy, which drops parameter
+    attributes)."""
+    for p in experts.parameters():
+        setattr(p, EXPERT_PARAM_ATTR, True)
+
+
+def is_expert_param(p: nn.Parameter) -> bool:
+    """Whether `p` belongs to an MoE layer's experts (see `mark_expert_params`)."""
+    return getattr(p, EXPERT_PARAM_ATTR, False) is True
 
 
 def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(dense, expert) parameters: expert ones live under an MoE layer's `experts`."""
-    from .layer import MoE
-
-    moe_names = {name for name, m in model.named_modules() if isinstance(m, MoE)}
+    """(dense, expert) parameters, expert ones those tagged by `mark_expert_params`."""
     dense, expert = [], []
-    for name, p in model.named_parameters():
-        (expert if _is_expert_param(name, moe_names) else dense).append(p)
+    for p in model.parameters():
+        (expert if is_expert_param(p) else dense).append(p)
     return dense, expert
 
 
