@@ -12,7 +12,9 @@ import json
 import os
 
 import cocotb
-from cocotb.triggers import RisingEdge, SimTimeoutError, Timer, with_timeout
+from cocotb.triggers import RisingEdge, SimTimeoutError, with_timeout
+
+from sim.tb import TB
 
 _PERIOD_NS = 10
 
@@ -36,7 +38,7 @@ def read_hex(path: str, count: int) -> list[int]:
 async def stream_vectors(dut):
     case = json.loads(os.environ["TANDEM_ARITH_CASE"])
     unit = case["unit"]
-    dut.rst.value = 1
+    tb = TB(dut, clock=None, period_ns=_PERIOD_NS)  # the clock runs inside arith_top
     dut.select.value = case["select"]
     dut.n_in.value = case["n_in"]
     dut.n_out.value = case["n_out"]
@@ -44,9 +46,7 @@ async def stream_vectors(dut):
     dut.valid_rate.value = case["valid_rate"]
     dut.ready_rate.value = case["ready_rate"]
     dut.dump.value = 0
-    await Timer(3 * _PERIOD_NS, unit="ns")
-    dut.rst.value = 0
-    await Timer(2 * _PERIOD_NS, unit="ns")
+    await tb.reset(cycles=3, settle=2)
     finished = bool(dut.done.value)
     if not finished:
         try:
@@ -55,7 +55,7 @@ async def stream_vectors(dut):
         except SimTimeoutError:
             pass  # the counts below say what went wrong
     # Let a misbehaving unit show extra outputs before counting.
-    await Timer(64 * _PERIOD_NS, unit="ns")
+    await tb.cycles(64)
     received = int(dut.received.value)
     violations = int(dut.violations.value)
     done_at = int(dut.done_at.value)
@@ -65,7 +65,7 @@ async def stream_vectors(dut):
     assert received == case["n_out"], f"{unit}: {received} outputs, expected {case['n_out']}"
     assert finished, f"{unit}: not finished after {case['timeout_cycles']} cycles"
     dut.dump.value = 1
-    await Timer(3 * _PERIOD_NS, unit="ns")
+    await tb.cycles(3)
     got = read_hex(case["results"], case["n_out"])
     want = read_hex(case["expected"], case["n_out"])
     bad = [k for k, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]

@@ -32,8 +32,7 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
+from cocotb.triggers import FallingEdge, ReadOnly
 
 from hw.hbm import HbmImage
 from hw.intmath import ceil_div
@@ -43,6 +42,7 @@ from hw.perf import footprint
 from rtl.core import ops
 from rtl.core.controller import ENGINE_NAMES, INT_WRITERS, SCALAR_WRITERS
 from sim.controller.top import CONFIG, make_controller
+from sim.tb import TB
 
 A = CONFIG.align
 _CTRL = make_controller()
@@ -365,16 +365,14 @@ async def program_matches_the_isa_device(dut):
     dut._log.info("%d instructions, %d executed, %d micro-ops", len(program), len(pcs),
                   len(issues))
 
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    engines = Engines(dut, rng, case["pause"], case["max_delay"], image)
-    dut.rst.value = 1
+    tb = TB(dut)
+    engines = tb.add(Engines(dut, rng, case["pause"], case["max_delay"], image))
     dut.start.value = 0
     dut.devices.value = 1
     dut.program_words.value = len(program)
     dut.imem_write.value = 0
     engines.drive(0)
-    await ClockCycles(dut.clk, 3)
-    dut.rst.value = 0
+    await tb.reset(cycles=3)
     for addr, instr in enumerate(program):
         await FallingEdge(dut.clk)
         dut.imem_write.value = 1 | addr << 1 | encode(instr) << (1 + PC_BITS)

@@ -14,10 +14,11 @@ import json
 import os
 
 import cocotb
-from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
+from cocotb.triggers import First, RisingEdge, Timer
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from hw.regmap import CONTROL_BITS, Register, RegMap
+from sim.tb import TB
 
 _PERIOD_NS = 10
 
@@ -33,13 +34,11 @@ async def run(dut):
     case = json.loads(os.environ["TANDEM_RUN"])
     regmap = _regmap(case["regmap"])
     n = case["devices"]
-    dut.rst.value = 1
+    tb = TB(dut, clock="hdl", period_ns=_PERIOD_NS)  # the clock runs in the HDL top
     dut.dump.value = 0
-    masters = [AxiLiteMaster(AxiLiteBus.from_prefix(dut, f"ctl{d}"), dut.clk, dut.rst)
+    masters = [tb.add(AxiLiteMaster(AxiLiteBus.from_prefix(dut, f"ctl{d}"), dut.clk, dut.rst))
                for d in range(case["built_devices"])]
-    await ClockCycles(dut.clk, 5)
-    dut.rst.value = 0
-    await ClockCycles(dut.clk, 2)
+    await tb.reset(cycles=5, settle=2)
 
     async def write(d: int, name: str, value: int) -> None:
         reg = regmap[name]
@@ -91,7 +90,7 @@ async def run(dut):
         })
     result["started_cycle"] = started
     dut.dump.value = 1
-    await ClockCycles(dut.clk, 3)
+    await tb.cycles(3)
     dut.dump.value = 0
     with open(case["result"], "w") as f:
         json.dump(result, f)

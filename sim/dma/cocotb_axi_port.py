@@ -15,12 +15,12 @@ import os
 import random
 
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer
+from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
 from cocotbext.axi import AxiBus, AxiRam
 
 from sim.dma.top import PARAMS
 from sim.streams import PayloadBus, PayloadSink, PayloadSource, PayloadTransaction, pauses
+from sim.tb import TB
 
 BEAT = PARAMS["data_width"] // 8
 ADDR_BITS = PARAMS["addr_width"]
@@ -80,27 +80,31 @@ class Monitor:
             self.max_writes_in_flight = max(self.max_writes_in_flight, self.writes_in_flight)
 
 
-class TB:
+class AxiPortTB(TB):
+    """The port under test with an `AxiRam` on its AXI4 side and a stream model on every
+    client stream; `pause` thins every one of their handshakes."""
+
     def __init__(self, dut, seed: int, pause: float, corrupt: int | None = None):
-        self.dut = dut
+        super().__init__(dut)
         self.rng = random.Random(seed)
-        dut.rst.value = 1
         # the RAM model drives these only once reset ends; the port must not see X before
         inputs = [f"bus__{name}" for name in ("awready", "wready", "bvalid", "arready", "rvalid")]
         inputs += [f"read_req__{k}__valid" for k in range(PARAMS["readers"])]
         inputs += [f"read_data__{k}__ready" for k in range(PARAMS["readers"])]
         for name in (*inputs, "write_req__valid", "write_data__valid"):
             getattr(dut, name).value = 0
-        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-        self.ram = AxiRam(AxiBus.from_prefix(dut, "bus_"), dut.clk, dut.rst, size=RAM_BYTES)
-        self.readers = [PayloadSource(PayloadBus.from_prefix(dut, f"read_req__{k}_"), dut.clk,
-                                      dut.rst) for k in range(PARAMS["readers"])]
-        self.data = [PayloadSink(PayloadBus.from_prefix(dut, f"read_data__{k}_"), dut.clk,
-                                 dut.rst) for k in range(PARAMS["readers"])]
-        self.write_req = PayloadSource(PayloadBus.from_prefix(dut, "write_req_"), dut.clk,
-                                       dut.rst)
-        self.write_data = PayloadSource(PayloadBus.from_prefix(dut, "write_data_"), dut.clk,
-                                        dut.rst)
+        self.ram = self.add(AxiRam(AxiBus.from_prefix(dut, "bus_"), dut.clk, dut.rst,
+                                   size=RAM_BYTES))
+        self.readers = [self.add(PayloadSource(PayloadBus.from_prefix(dut, f"read_req__{k}_"),
+                                               dut.clk, dut.rst))
+                        for k in range(PARAMS["readers"])]
+        self.data = [self.add(PayloadSink(PayloadBus.from_prefix(dut, f"read_data__{k}_"),
+                                          dut.clk, dut.rst))
+                     for k in range(PARAMS["readers"])]
+        self.write_req = self.add(PayloadSource(PayloadBus.from_prefix(dut, "write_req_"),
+                                                dut.clk, dut.rst))
+        self.write_data = self.add(PayloadSource(PayloadBus.from_prefix(dut, "write_data_"),
+                                                 dut.clk, dut.rst))
         if pause:
             channels = [self.ram.write_if.aw_channel, self.ram.write_if.w_channel,
                         self.ram.write_if.b_channel, self.ram.read_if.ar_channel,
@@ -120,12 +124,6 @@ class TB:
             await ReadOnly()
             if not high(self.dut.rst) and high(self.dut.write_done):
                 self.write_done += 1
-
-    async def reset(self):
-        self.dut.rst.value = 1
-        await ClockCycles(self.dut.clk, 4)
-        self.dut.rst.value = 0
-        await ClockCycles(self.dut.clk, 2)
 
     @staticmethod
     def request(addr: int, beats: int) -> PayloadTransaction:
@@ -155,7 +153,7 @@ class TB:
         return addr, beats
 
 
-async def _wait_writes(tb: TB, runs: int, cycles: int) -> None:
+async def _wait_writes(tb: AxiPortTB, runs: int, cycles: int) -> None:
     for _ in range(cycles):
         await RisingEdge(tb.dut.clk)
         if tb.write_done == runs and not high(tb.dut.writes_pending):
@@ -168,10 +166,10 @@ async def random_reads_and_writes(dut):
     """Two read clients and the write client at once, random runs, random stalls everywhere:
     every byte read equals the RAM's, every strobed byte written lands, nothing else changes."""
     case = json.loads(os.environ["TANDEM_DMA_CASE"])
-    tb = TB(dut, case["seed"], case["pause"], case.get("corrupt"))
+    tb = AxiPortTB(dut, case["seed"], case["pause"], case.get("corrupt"))
     initial = bytes(tb.rng.getrandbits(8) for _ in range(RAM_BYTES))
     tb.ram.write(0, initial)
-    await tb.reset()
+    await tb.reset(cycles=4, settle=2)
     model = bytearray(initial)
 
     async def client(k: int) -> int:
@@ -218,8 +216,8 @@ async def random_reads_and_writes(dut):
 async def long_read_streams_back_to_back(dut):
     """Without stalls, a 512-beat run arrives at one beat per cycle after the first: the port
     keeps several bursts in flight, so the RAM's per-burst latency is hidden."""
-    tb = TB(dut, 5, 0.0)
-    await tb.reset()
+    tb = AxiPortTB(dut, 5, 0.0)
+    await tb.reset(cycles=4, settle=2)
     beats = 512
     task = cocotb.start_soon(tb.read_run(0, 4096, beats))
     while not (high(dut.bus__rvalid) and high(dut.bus__rready)):

@@ -18,14 +18,14 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
+from cocotb.triggers import FallingEdge, ReadOnly
 
 from hw import numerics as nx
 from hw.hbm import HbmImage
 from hw.intmath import ceil_div, round_up
 from rtl.core import ops
 from sim.mpu.top import BLOCK_BITS, CONFIG, UOP
+from sim.tb import TB
 
 P, W, A = CONFIG.hbm_ports, CONFIG.lane_width, CONFIG.align
 BEAT = CONFIG.beat_bytes
@@ -161,18 +161,16 @@ async def mm_matches_numerics(dut):
             y = np.concatenate([y, np.full(padded - rows, -np.inf, np.float16)])
         expected[DST + t * dstride:DST + t * dstride + len(y)] = y
 
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    mem = Memories(dut, image, vbuf, rng, case["pause"])
+    tb = TB(dut)
+    mem = tb.add(Memories(dut, image, vbuf, rng, case["pause"]))
     for name in ("uop", "pref"):
         getattr(dut, f"{name}__valid").value = 0
         getattr(dut, f"{name}__payload").value = 0
     dut.clear.value = 0
     for p in range(P):
         getattr(dut, f"hbm_base__{p}").value = HBM_BASE[p]
-    dut.rst.value = 1
     mem.drive()
-    await ClockCycles(dut.clk, 3)
-    dut.rst.value = 0
+    await tb.reset(cycles=3)
 
     flags = ((1 << ops.flag_bit("MM", "bias")) * bias | (1 << ops.flag_bit("MM", "mask")) * mask
              | (1 << ops.flag_bit("MM", "prefetched")) * prefetched)

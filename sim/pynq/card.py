@@ -18,12 +18,14 @@ import logging
 import mmap
 import random
 
-from cocotb.triggers import ClockCycles
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster
 from cocotbext.axi.axi_ram import AxiRamRead, AxiRamWrite
 
 from hw.config import AccelConfig
 from hw.intmath import round_up
+
+from ..streams import pauses as pause_pattern
+from ..tb import TB
 
 __all__ = ["HBM_BASE", "SimBank", "SimCard", "bank_address"]
 
@@ -87,30 +89,26 @@ class _BankRamRead(AxiRamRead):
         return bank.mem[address - bank.base: address - bank.base + length]
 
 
-def _pause_generator(rng: random.Random, busy: float):
-    while True:
-        yield rng.random() < busy
-
-
-class SimCard:
-    """The bus models around every kernel of a card build (see the module doc)."""
+class SimCard(TB):
+    """The bus models around every kernel of a card build (see the module doc). The clock
+    starts and reset is held from construction; `reset` releases it, as loading an xclbin
+    does."""
 
     def __init__(self, dut, config: AccelConfig, devices: int, bank_bytes: int,
-                 banks: int = 32, pauses: bool = False, seed: int = 1) -> None:
-        self.dut = dut
+                 banks: int = 32, pauses: bool = False, seed: int = 1,
+                 period_ns: int = 10) -> None:
+        super().__init__(dut, period_ns=period_ns)
         self.config = config
         self.devices = devices
         self.bank_bytes = bank_bytes
         self.banks_per_card = banks
-        self.clk = dut.clk
-        self.rst = dut.rst
         #: per device: bank index -> SimBank, created on first use
         self.banks: list[dict[int, SimBank]] = [{} for _ in range(devices)]
         #: per device: port -> bank index, from the downloaded xclbin's connectivity
         self.binding: list[dict[int, int]] = [{} for _ in range(devices)]
         self.violations: list[str] = []
-        self.masters = [AxiLiteMaster(AxiLiteBus.from_prefix(dut, f"d{d}_ctl"), dut.clk,
-                                      dut.rst) for d in range(devices)]
+        self.masters = [self.add(AxiLiteMaster(AxiLiteBus.from_prefix(dut, f"d{d}_ctl"),
+                                               dut.clk, dut.rst)) for d in range(devices)]
         self.rams = []
         rng = random.Random(seed)
         for d in range(devices):
@@ -121,9 +119,9 @@ class SimCard:
                 if pauses:
                     for channel in (wr.aw_channel, wr.w_channel, wr.b_channel, rd.ar_channel,
                                     rd.r_channel):
-                        channel.set_pause_generator(_pause_generator(
-                            random.Random(rng.random()), 0.3))
-                self.rams.append((wr, rd))
+                        channel.set_pause_generator(pause_pattern(random.Random(rng.random()),
+                                                                  0.3))
+                self.rams.append((self.add(wr), self.add(rd)))
         # per-transfer INFO logs cost more than the transfers
         for d in range(devices):
             names = [f"d{d}_ctl", *(f"d{d}_hbm{p}" for p in range(config.hbm_ports))]
@@ -154,12 +152,9 @@ class SimCard:
             return None
         return bank
 
-    async def reset(self, cycles: int = 8) -> None:
+    async def reset(self, cycles: int = 8, settle: int = 2) -> None:
         """Hold the kernels in reset, as loading an xclbin does."""
-        self.rst.value = 1
-        await ClockCycles(self.clk, cycles)
-        self.rst.value = 0
-        await ClockCycles(self.clk, 2)
+        await super().reset(cycles, settle)
 
     async def read(self, device: int, offset: int) -> int:
         return await self.masters[device].read_dword(offset)
@@ -168,5 +163,5 @@ class SimCard:
         await self.masters[device].write_dword(offset, value)
 
     async def idle(self, cycles: int) -> None:
-        await ClockCycles(self.clk, cycles)
+        await self.cycles(cycles)
 

@@ -17,9 +17,7 @@ import os
 import traceback
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.task import bridge
-from cocotb.triggers import ClockCycles
 
 from hw.config import AccelConfig
 from sim.pynq import api
@@ -31,11 +29,10 @@ CLOCK_NS = 10
 @cocotb.test()
 async def session(dut):
     spec = json.loads(os.environ["TANDEM_PYNQ"])
-    cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
-    dut.rst.value = 1
     card = SimCard(dut, AccelConfig.from_dict(spec["config"]), spec["devices"],
-                   spec["bank_bytes"], spec["banks"], pauses=spec["pauses"], seed=spec["seed"])
-    await ClockCycles(dut.clk, 4)
+                   spec["bank_bytes"], spec["banks"], pauses=spec["pauses"], seed=spec["seed"],
+                   period_ns=CLOCK_NS)
+    await card.cycles(4)  # in reset until the host loads an xclbin
     api.attach(card)
     results = {}
     try:

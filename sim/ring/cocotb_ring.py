@@ -26,8 +26,7 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
+from cocotb.triggers import FallingEdge, ReadOnly
 from cocotbext.axi import AxiStreamBus, AxiStreamFrame, AxiStreamSink, AxiStreamSource
 
 from hw.isa import Instr
@@ -36,6 +35,7 @@ from rtl.core import ops
 from rtl.core.ring import FLIT_USER
 from sim.ring.top import BLOCK_BITS, CONFIG, UOP
 from sim.streams import pauses
+from sim.tb import TB
 
 A = CONFIG.align
 FLIT_BYTES = 2 * A
@@ -219,22 +219,18 @@ async def collectives_match_the_isa_cluster(dut):
         received.append({data for seq in incoming.values() for _, data in seq})
 
     # -- the bench ----------------------------------------------------------------------------
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.rst.value = 1
+    tb = TB(dut)
     dut.device.value = me
     dut.devices.value = D
     dut.uop__valid.value = 0
     dut.uop__payload.value = 0
-    source = AxiStreamSource(AxiStreamBus.from_prefix(dut, "rx_"), dut.clk, dut.rst)
-    sink = AxiStreamSink(AxiStreamBus.from_prefix(dut, "tx_"), dut.clk, dut.rst)
-    for model in (source, sink):
-        model.log.setLevel("WARNING")
-    source.set_pause_generator(pauses(random.Random(rng.random()), pause))
-    sink.set_pause_generator(pauses(random.Random(rng.random()), pause))
-    mem = VbufModel(dut, vbuf, rng, pause)
+    source = tb.add(AxiStreamSource(AxiStreamBus.from_prefix(dut, "rx_"), dut.clk, dut.rst),
+                    pauses(random.Random(rng.random()), pause), quiet=True)
+    sink = tb.add(AxiStreamSink(AxiStreamBus.from_prefix(dut, "tx_"), dut.clk, dut.rst),
+                  pauses(random.Random(rng.random()), pause), quiet=True)
+    mem = tb.add(VbufModel(dut, vbuf, rng, pause))
     mem.drive()
-    await ClockCycles(dut.clk, 3)
-    dut.rst.value = 0
+    await tb.reset(cycles=3)
     for frame in rx_frames:
         await source.send(frame)
 
@@ -278,7 +274,7 @@ async def collectives_match_the_isa_cluster(dut):
                 break
     assert len(retired) == len(expected), (f"{len(retired)} of {len(expected)} collectives "
                                            f"retired within {limit} cycles")
-    await ClockCycles(dut.clk, 20)
+    await tb.cycles(20)
     assert source.empty(), "flits left on the link in"
 
     # the link out, collective by collective
