@@ -123,8 +123,9 @@ def build(simulator: str, build_dir: Path, sources: Sequence[Path], toplevel: st
 
 def run(runner, build_dir: Path, toplevel: str, test_module: str, *,
         plusargs: Sequence[str] = (), env: Mapping[str, str] | None = None,
-        test_dir: Path | None = None) -> Path:
-    """Run the cocotb tests of `test_module` on a built design; returns the results file.
+        test_dir: Path | None = None, testcase: str | None = None) -> Path:
+    """Run the cocotb tests of `test_module` (only `testcase`, when given) on a built design;
+    returns the results file.
 
     Under pytest a failing cocotb test raises SystemExit (cocotb's runner does that)."""
     extra_env = {
@@ -139,6 +140,7 @@ def run(runner, build_dir: Path, toplevel: str, test_module: str, *,
         hdl_toplevel_lang="verilog",
         build_dir=str(build_dir),
         test_dir=str(test_dir or build_dir),
+        testcase=testcase,
         plusargs=list(plusargs),
         extra_env=extra_env,
         timescale=("1ns", "1ps"),

@@ -14,7 +14,7 @@ from host.runtime.rtl.cluster import MIN_DEPTH_LOG2, RtlCluster, RtlError
 from hw.intmath import ceil_div
 from sim import runner
 
-pytestmark = [pytest.mark.rtl, pytest.mark.slow]
+pytestmark = [pytest.mark.rtl, pytest.mark.slow, pytest.mark.simulator("verilator")]
 
 RUNS = runner.REPO_ROOT / "build" / "rtl-runs"
 

@@ -16,8 +16,6 @@ from amaranth.lib.wiring import In, Out
 
 from sim.arith import check, top
 from sim.arith.units import UNITS, Case, UnitSpec
-from sim.runner import REPO_ROOT
-from sim.toolchain import available_simulators
 
 #: Per simulator: random inputs per unit (on top of the edge cases; Verilator also runs every
 #: FP16 input through the FP16-input units) and the stall rates, out of 256.
@@ -28,25 +26,10 @@ RUNS = {
 }
 
 
-def _require(simulator: str) -> None:
-    reason = available_simulators()[simulator]
-    if reason:
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def builds():
-    """simulator -> (runner, build dir), built on first use."""
-    cache = {}
-
-    def get(simulator: str, units=UNITS, name: str = "arith"):
-        key = (simulator, name)
-        if key not in cache:
-            build_dir = REPO_ROOT / "build" / "sim" / simulator / name
-            cache[key] = (top.build(simulator, build_dir, units), build_dir)
-        return cache[key]
-
-    return get
+@pytest.fixture
+def builds(sim_build):
+    """(simulator, units, name) -> (runner, build dir), built once per session."""
+    return lambda simulator, units=UNITS, name="arith": sim_build(top, simulator, name, units)
 
 
 def _seed(unit: str) -> int:
@@ -57,7 +40,6 @@ def _seed(unit: str) -> int:
 @pytest.mark.parametrize("unit", list(UNITS))
 @pytest.mark.parametrize("simulator", ["verilator", "icarus"])
 def test_unit_is_bit_exact_under_random_stalls(builds, simulator, unit):
-    _require(simulator)
     sim, build_dir = builds(simulator)
     settings = RUNS[simulator]
     run = check.run_case(sim, build_dir, simulator, unit, seed=_seed(unit), **settings)
@@ -65,11 +47,11 @@ def test_unit_is_bit_exact_under_random_stalls(builds, simulator, unit):
 
 
 @pytest.mark.rtl
+@pytest.mark.simulator("verilator")
 @pytest.mark.parametrize("unit", list(UNITS))
 def test_unit_takes_one_beat_per_cycle(builds, unit):
     """Without stalls every unit consumes an input per cycle (lanes: four rows fed
     round-robin), bounded in the cocotb test by inputs + FULL_RATE_SLACK cycles."""
-    _require("verilator")
     sim, build_dir = builds("verilator")
     run = check.run_case(sim, build_dir, "verilator", unit, n_random=3000, edges="none",
                          seed=_seed(unit) + 1, valid_rate=256, ready_rate=256, full_rate=True)
@@ -77,8 +59,8 @@ def test_unit_takes_one_beat_per_cycle(builds, unit):
 
 
 @pytest.mark.rtl
+@pytest.mark.simulator("icarus")
 def test_a_single_wrong_bit_fails_the_comparison(builds, capfd):
-    _require("icarus")
     sim, build_dir = builds("icarus")
     with pytest.raises(SystemExit):
         check.run_case(sim, build_dir, "icarus", "fp16_mul", n_random=200, edges="none",
@@ -105,8 +87,8 @@ def _echo(rng, n, edge_set, full_rate):
 
 
 @pytest.mark.rtl
+@pytest.mark.simulator("icarus")
 def test_the_harness_reports_a_unit_that_ignores_ready(builds, capfd):
-    _require("icarus")
     probe = {"ignores_ready": UnitSpec("ignores_ready", _IgnoresReady, _echo)}
     sim, build_dir = builds("icarus", probe, "probe")
     with pytest.raises(SystemExit):

@@ -15,7 +15,6 @@ from host.cli import main
 from hw.config import TINY
 from rtl.build import Cluster
 from sim import runner
-from sim.toolchain import available_simulators
 
 
 def test_cluster_needs_a_positive_device_count():
@@ -32,10 +31,8 @@ def test_bad_config_is_one_line(tmp_path, capsys):
 
 @pytest.mark.rtl
 @pytest.mark.slow
+@pytest.mark.simulator("verilator")
 def test_tiny_cluster_of_two_lints_clean(capsys):
-    reason = available_simulators()["verilator"]
-    if reason:
-        pytest.skip(reason)
     # under build/ so the minute-long kernel conversion is reused while the RTL is unchanged
     out = runner.REPO_ROOT / "build" / "rtl-build" / "tiny-2"
     assert main(["rtl", "build", "--config", "tiny", "--devices", "2", "--out", str(out)]) == 0
@@ -65,6 +62,7 @@ def test_tiny_cluster_of_two_lints_clean(capsys):
 
 @pytest.mark.rtl
 @pytest.mark.slow
+@pytest.mark.simulator("verilator")
 def test_u280_cluster_of_two_lints_clean(capsys):
     """The full-size config: 32 HBM ports, 32 lanes of 32, a 4M-word vector buffer. Its
     conversion and lint take far longer than CI's budget (see scripts/results/resources_core.md
@@ -72,9 +70,6 @@ def test_u280_cluster_of_two_lints_clean(capsys):
     if os.environ.get("TANDEM_LINT_U280") != "1":
         pytest.skip("the u280 kernel takes too long to convert and lint for CI; set "
                     "TANDEM_LINT_U280=1 to run it")
-    reason = available_simulators()["verilator"]
-    if reason:
-        pytest.skip(reason)
     out = runner.REPO_ROOT / "build" / "rtl-build" / "u280-2"
     assert main(["rtl", "build", "--config", "u280", "--devices", "2", "--out", str(out)]) == 0
     capsys.readouterr()

@@ -13,18 +13,14 @@ import pytest
 
 from sim import runner
 from sim.controller import top
-from sim.toolchain import available_simulators
 
 SIMULATOR = "verilator"
+pytestmark = pytest.mark.simulator(SIMULATOR)
 
 
-@pytest.fixture(scope="module")
-def build():
-    reason = available_simulators()[SIMULATOR]
-    if reason:
-        pytest.skip(reason)
-    build_dir = runner.REPO_ROOT / "build" / "sim" / SIMULATOR / "controller"
-    return top.build(SIMULATOR, build_dir), build_dir
+@pytest.fixture
+def build(sim_build):
+    return sim_build(top, SIMULATOR, "controller")
 
 
 CASES = {

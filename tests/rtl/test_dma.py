@@ -13,34 +13,20 @@ import pytest
 from rtl.axi_port import AxiPort
 from sim import runner
 from sim.dma import top
-from sim.toolchain import available_simulators
 
 
-@pytest.fixture(scope="module")
-def builds():
-    cache = {}
-
-    def get(simulator: str):
-        reason = available_simulators()[simulator]
-        if reason:
-            pytest.skip(reason)
-        if simulator not in cache:
-            build_dir = runner.REPO_ROOT / "build" / "sim" / simulator / "axi_port"
-            cache[simulator] = (top.build(simulator, build_dir), build_dir)
-        return cache[simulator]
-
-    return get
+@pytest.fixture
+def builds(sim_build):
+    """simulator -> (runner, build dir)."""
+    return lambda simulator: sim_build(top, simulator, "axi_port")
 
 
 def _run(builds, simulator: str, testcase: str, **case) -> None:
     sim, build_dir = builds(simulator)
     run_dir = build_dir / "runs" / f"{testcase}-{case.get('seed', 0)}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    sim.test(test_module="sim.dma.cocotb_axi_port", hdl_toplevel=top.TOPLEVEL,
-             hdl_toplevel_lang="verilog", build_dir=str(build_dir), test_dir=str(run_dir),
-             testcase=testcase, timescale=("1ns", "1ps"),
-             extra_env={"COCOTB_REWRITE_ASSERTION_FILES": "cocotb_*.py",
-                        "TANDEM_DMA_CASE": json.dumps(case)})
+    runner.run(sim, build_dir, top.TOPLEVEL, "sim.dma.cocotb_axi_port", test_dir=run_dir,
+               testcase=testcase, env={"TANDEM_DMA_CASE": json.dumps(case)})
 
 
 @pytest.mark.rtl
@@ -52,11 +38,13 @@ def test_random_traffic_under_pauses(builds, simulator, seed, pause):
 
 
 @pytest.mark.rtl
+@pytest.mark.simulator("verilator")
 def test_streaming_hides_burst_latency(builds):
     _run(builds, "verilator", "long_read_streams_back_to_back")
 
 
 @pytest.mark.rtl
+@pytest.mark.simulator("icarus")
 def test_a_corrupted_read_beat_fails_the_comparison(builds, capfd):
     """The bench flips one bit of the 6th beat read back from the port: the run must fail on
     that read run."""

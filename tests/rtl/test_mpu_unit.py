@@ -11,18 +11,14 @@ import pytest
 
 from sim import runner
 from sim.mpu import top
-from sim.toolchain import available_simulators
 
 SIMULATOR = "verilator"
+pytestmark = pytest.mark.simulator(SIMULATOR)
 
 
-@pytest.fixture(scope="module")
-def build():
-    reason = available_simulators()[SIMULATOR]
-    if reason:
-        pytest.skip(reason)
-    build_dir = runner.REPO_ROOT / "build" / "sim" / SIMULATOR / "mpu"
-    return top.build(SIMULATOR, build_dir), build_dir
+@pytest.fixture
+def build(sim_build):
+    return sim_build(top, SIMULATOR, "mpu")
 
 
 CASES = {
@@ -51,11 +47,8 @@ def test_mm_matches_numerics(build, name):
     run_dir.mkdir(parents=True, exist_ok=True)
     case = {"seed": sum(map(ord, name)), "rows": rows, "cols": cols, "ntok": ntok, "bias": bias,
             "mask": mask, "prefetched": prefetched, "pause": pause}
-    sim.test(test_module="sim.mpu.cocotb_mpu", hdl_toplevel=top.TOPLEVEL,
-             hdl_toplevel_lang="verilog", build_dir=str(build_dir), test_dir=str(run_dir),
-             timescale=("1ns", "1ps"),
-             extra_env={"COCOTB_REWRITE_ASSERTION_FILES": "cocotb_*.py",
-                        "TANDEM_MPU_CASE": json.dumps(case)})
+    runner.run(sim, build_dir, top.TOPLEVEL, "sim.mpu.cocotb_mpu", test_dir=run_dir,
+               env={"TANDEM_MPU_CASE": json.dumps(case)})
 
 
 @pytest.mark.rtl
@@ -68,11 +61,8 @@ def test_a_corrupted_output_word_fails_the_comparison(build, capfd):
     case = {"seed": 1, "rows": 32, "cols": 32, "ntok": 1, "bias": False, "mask": False,
             "prefetched": False, "pause": 0.0, "corrupt": 5}
     with pytest.raises(SystemExit):
-        sim.test(test_module="sim.mpu.cocotb_mpu", hdl_toplevel=top.TOPLEVEL,
-                 hdl_toplevel_lang="verilog", build_dir=str(build_dir), test_dir=str(run_dir),
-                 timescale=("1ns", "1ps"),
-                 extra_env={"COCOTB_REWRITE_ASSERTION_FILES": "cocotb_*.py",
-                            "TANDEM_MPU_CASE": json.dumps(case)})
+        runner.run(sim, build_dir, top.TOPLEVEL, "sim.mpu.cocotb_mpu", test_dir=run_dir,
+                   env={"TANDEM_MPU_CASE": json.dumps(case)})
     out = capfd.readouterr().out
     assert "1 words differ" in out
     assert "token 0 row 5: got" in out
