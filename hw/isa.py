@@ -21,6 +21,14 @@ Operand kinds (`KINDS`):
 
 Register-based (dynamic) addresses exist so one compiled program serves every prompt, layer
 and position, and so MoE expert weights can be selected at run time.
+
+Besides its fields, each opcode's entry states its meaning, which every layer reads instead of
+restating it: the engine that executes it (`ENGINES`), the timing model's cost family
+(`COSTS`), the registers it reads and writes, and the vector-buffer and HBM ranges it reads
+and writes (`Range`, as expressions over its resolved operands). The timing model's costs and
+scoreboard footprints, the RTL's engine routing, hazards and range checks, and the
+instruction-level simulator's dispatch are derived from it; adding an opcode touches this table
+and one execution function per layer.
 """
 
 from __future__ import annotations
@@ -33,15 +41,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "COSTS",
+    "ENGINES",
     "KINDS",
     "NUM_REGS",
     "OPCODES",
+    "SPACES",
     "WORD_BITS",
     "FloatImm",
     "Instr",
     "IsaError",
     "OpSpec",
     "Operand",
+    "Range",
     "assemble",
     "decode",
     "decode_program",
@@ -86,96 +98,254 @@ KINDS: dict[str, Kind] = {
 }
 
 
+#: The engines of a core, in the order the timing model and the RTL list them. Every opcode
+#: runs on exactly one; engines work in parallel, the controller issues to them in order.
+ENGINES: dict[str, str] = {
+    "ctrl": "controller: integer registers and branches, executed at issue",
+    "dma": "DMA engine: HBM <-> vector buffer, scalar loads, token output",
+    "mpu": "matrix processing unit: the dot-product lanes",
+    "pref": "weight prefetcher: streams matrices into the lanes' FIFOs ahead of their MM",
+    "vpu": "vector processing unit: elementwise, reduction and special-function pipelines",
+    "scalar": "FP32 scalar unit",
+    "ring": "ring router: collectives across the devices",
+}
+
+#: Cost families: the opcodes of a family are timed by one formula of `hw.perf` (which
+#: documents them); an opcode names its family in the table.
+COSTS: dict[str, str] = {
+    "ctrl": "one issue cycle, result at once",
+    "dma-word": "one 32-bit word to or from channel 0, done when the memory answers",
+    "dma-stream": "a striped vector over every port",
+    "dma-row": "one matrix row through one port",
+    "dma-column": "one matrix column, a write per element",
+    "mm": "weight rows streamed through the dot-product lanes",
+    "prefetch": "a descriptor queued for the prefetcher",
+    "elementwise": "one vector beat per cycle through the VPU pipeline",
+    "sfu": "one special-function beat per cycle",
+    "sum": "one row on a dot lane (its adder loop per beat), then the reduction",
+    "reduction": "a compare tree, one beat per cycle",
+    "vpu-single": "one vector-buffer word",
+    "scalar": "one FP32 scalar operation",
+    "allgather": "ring steps moving every device's slices",
+    "ring-word": "ring steps moving one register pair",
+    "barrier": "ring steps moving no data",
+}
+
+#: Where a range lies: the vector buffer, or one of the HBM spaces (see `Range`).
+SPACES: dict[str, str] = {
+    "vbuf": "vector-buffer words",
+    "matrix": "a matrix in HBM addressed by rows and columns (the KV cache, weights read "
+              "directly by an MM); the scoreboard orders reads after writes of the same matrix",
+    "weights": "a read-only weight matrix streamed by the prefetcher; never written while a "
+               "program runs, so not ordered against stores",
+    "vector": "a striped vector in HBM, ordered by the program",
+    "scalar": "32-bit words of channel 0's scalar area (job words, tokens), ordered by the "
+              "program",
+}
+
+#: Names a range length may use besides the opcode's operands: `up(x)` rounds x up to a whole
+#: vector-buffer block (`align` words), `devices` is the number of devices in the ring.
+_LENGTH_NAMES = frozenset({"up", "devices"})
+_RANGE_RE = re.compile(r"^(?:(?P<space>[a-z]+) )?(?P<start>\w+)\[(?P<length>[^\]]+)\]"
+                       r"(?: (?P<cond>if|unless) (?P<flag>\w+))?$")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A range an instruction reads or writes, written `[space ]start[length][ if|unless flag]`.
+
+    `start` is the operand holding its first element (a vector-buffer word, or an HBM byte
+    offset naming the matrix, vector or scalar word). `length` counts elements (FP16 values;
+    32-bit words in the scalar space) as an expression over the resolved operands, `up` and
+    `devices`, using only `+`, `-`, `*` and `up`, so that the same text evaluates over Python
+    ints (timing model, simulator) and over Amaranth values (the RTL scoreboard). A range with
+    a flag exists only while that flag of the opcode is set (`if`) or clear (`unless`).
+    """
+
+    space: str
+    start: str
+    length: str
+    flag: str | None = None
+    negated: bool = False  # `unless flag`
+    names: tuple[str, ...] = field(default=(), compare=False)  # operands `length` reads
+    _code: object = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, text: str, space: str = "vbuf") -> Range:
+        m = _RANGE_RE.match(text)
+        if m is None:
+            raise AssertionError(f"malformed range {text!r}")
+        code = compile(m["length"], text, "eval")
+        return cls(m["space"] or space, m["start"], m["length"], m["flag"],
+                   m["cond"] == "unless", tuple(n for n in code.co_names
+                                                if n not in _LENGTH_NAMES), code)
+
+    def size(self, operands, up, devices):
+        """The length, with `operands[name]` the value of each operand it reads and `up`
+        the rounding function (ints or hardware values alike)."""
+        env = {name: operands[name] for name in self.names}
+        env["up"], env["devices"] = up, devices
+        return eval(self._code, {"__builtins__": {}}, env)  # the table's own text
+
+    def enabled(self, flags: frozenset) -> bool:
+        """Whether the range exists for an instruction with these flags set."""
+        return self.flag is None or (self.flag in flags) != self.negated
+
+    def __str__(self) -> str:
+        space = "" if self.space == "vbuf" else f"{self.space} "
+        cond = f" {'unless' if self.negated else 'if'} {self.flag}" if self.flag else ""
+        return f"{space}{self.start}[{self.length}]{cond}"
+
+
 @dataclass(frozen=True)
 class OpSpec:
+    """One opcode: its encoding and its meaning, the one description every layer reads."""
+
     code: int
     name: str
     fields: tuple[tuple[str, str], ...]  # (operand name, kind)
-    unit: str  # ctrl | dma | mpu | vpu | sfu | scalar | ring: the engine that executes it
+    engine: str  # one of ENGINES: the engine that executes it
+    cost: str  # one of COSTS: the timing model's formula for it
     flags: tuple[str, ...] = ()  # names of the bits of the `flags` field, bit 0 first
     doc: str = ""
+    reads: tuple[str, ...] = ()  # register operands (reg or sreg) whose registers it reads
+    writes: tuple[str, ...] = ()  # register operands whose registers it writes
+    vreads: tuple[Range, ...] = ()  # vector-buffer ranges it reads
+    vwrites: tuple[Range, ...] = ()  # vector-buffer ranges it writes
+    hreads: tuple[Range, ...] = ()  # HBM ranges it reads
+    hwrites: tuple[Range, ...] = ()  # HBM ranges it writes
+
+    @property
+    def unit(self) -> str:
+        """The engine, under its earlier name."""
+        return self.engine
+
+    def registers(self, kind: str, role: str) -> tuple[str, ...]:
+        """The operands of `kind` ("reg" or "sreg") whose registers it reads or writes."""
+        kinds = dict(self.fields)
+        return tuple(n for n in (self.reads if role == "r" else self.writes) if kinds[n] == kind)
 
 
-def _op(code, name, unit, doc, *fields, flags=()):
-    return OpSpec(code, name, tuple(f.split(":") for f in fields), unit, flags, doc)
+def _op(code, name, engine, cost, doc, *fields, flags=(), reads="", writes="", vreads=(),
+        vwrites=(), hreads=(), hwrites=()):
+    return OpSpec(code, name, tuple(tuple(f.split(":")) for f in fields), engine, cost, flags,
+                  doc, tuple(reads.split()), tuple(writes.split()),
+                  tuple(Range.parse(r) for r in vreads), tuple(Range.parse(r) for r in vwrites),
+                  tuple(Range.parse(r, space="") for r in hreads),
+                  tuple(Range.parse(r, space="") for r in hwrites))
 
 
 _SPECS = [
     # -- control ---------------------------------------------------------------------------
-    _op(0x00, "NOP", "ctrl", "do nothing"),
-    _op(0x01, "HALT", "ctrl", "stop; raises ap_done once every unit is idle"),
-    _op(0x02, "LI", "ctrl", "rd = imm", "rd:reg", "imm:i32"),
-    _op(0x03, "ADDI", "ctrl", "rd = ra + imm", "rd:reg", "ra:reg", "imm:i32"),
-    _op(0x04, "ADD", "ctrl", "rd = ra + rb", "rd:reg", "ra:reg", "rb:reg"),
-    _op(0x05, "SUB", "ctrl", "rd = ra - rb", "rd:reg", "ra:reg", "rb:reg"),
-    _op(0x06, "MUL", "ctrl", "rd = ra * rb (low 32 bits)", "rd:reg", "ra:reg", "rb:reg"),
-    _op(0x07, "MULI", "ctrl", "rd = ra * imm (low 32 bits)", "rd:reg", "ra:reg", "imm:i32"),
-    _op(0x08, "MIN", "ctrl", "rd = min(ra, rb), signed", "rd:reg", "ra:reg", "rb:reg"),
-    _op(0x09, "BLT", "ctrl", "if ra < rb (signed) goto target", "ra:reg", "rb:reg",
-        "target:target"),
-    _op(0x0A, "BGE", "ctrl", "if ra >= rb (signed) goto target", "ra:reg", "rb:reg",
-        "target:target"),
-    _op(0x0B, "BEQ", "ctrl", "if ra == rb goto target", "ra:reg", "rb:reg", "target:target"),
-    _op(0x0C, "BNE", "ctrl", "if ra != rb goto target", "ra:reg", "rb:reg", "target:target"),
-    _op(0x0D, "JMP", "ctrl", "goto target", "target:target"),
-    _op(0x0E, "LDR", "dma", "rd = 32-bit word at channel-0 scalar-area byte addr",
-        "rd:reg", "addr:haddr"),
-    _op(0x0F, "TOKOUT", "dma", "write ra as a 32-bit token to channel-0 byte addr",
-        "ra:reg", "addr:haddr"),
+    _op(0x00, "NOP", "ctrl", "ctrl", "do nothing"),
+    _op(0x01, "HALT", "ctrl", "ctrl", "stop; raises ap_done once every unit is idle"),
+    _op(0x02, "LI", "ctrl", "ctrl", "rd = imm", "rd:reg", "imm:i32", writes="rd"),
+    _op(0x03, "ADDI", "ctrl", "ctrl", "rd = ra + imm", "rd:reg", "ra:reg", "imm:i32",
+        reads="ra", writes="rd"),
+    _op(0x04, "ADD", "ctrl", "ctrl", "rd = ra + rb", "rd:reg", "ra:reg", "rb:reg",
+        reads="ra rb", writes="rd"),
+    _op(0x05, "SUB", "ctrl", "ctrl", "rd = ra - rb", "rd:reg", "ra:reg", "rb:reg",
+        reads="ra rb", writes="rd"),
+    _op(0x06, "MUL", "ctrl", "ctrl", "rd = ra * rb (low 32 bits)", "rd:reg", "ra:reg", "rb:reg",
+        reads="ra rb", writes="rd"),
+    _op(0x07, "MULI", "ctrl", "ctrl", "rd = ra * imm (low 32 bits)", "rd:reg", "ra:reg",
+        "imm:i32", reads="ra", writes="rd"),
+    _op(0x08, "MIN", "ctrl", "ctrl", "rd = min(ra, rb), signed", "rd:reg", "ra:reg", "rb:reg",
+        reads="ra rb", writes="rd"),
+    _op(0x09, "BLT", "ctrl", "ctrl", "if ra < rb (signed) goto target", "ra:reg", "rb:reg",
+        "target:target", reads="ra rb"),
+    _op(0x0A, "BGE", "ctrl", "ctrl", "if ra >= rb (signed) goto target", "ra:reg", "rb:reg",
+        "target:target", reads="ra rb"),
+    _op(0x0B, "BEQ", "ctrl", "ctrl", "if ra == rb goto target", "ra:reg", "rb:reg",
+        "target:target", reads="ra rb"),
+    _op(0x0C, "BNE", "ctrl", "ctrl", "if ra != rb goto target", "ra:reg", "rb:reg",
+        "target:target", reads="ra rb"),
+    _op(0x0D, "JMP", "ctrl", "ctrl", "goto target", "target:target"),
+    _op(0x0E, "LDR", "dma", "dma-word", "rd = 32-bit word at channel-0 scalar-area byte addr",
+        "rd:reg", "addr:haddr", writes="rd", hreads=["scalar addr[1]"]),
+    _op(0x0F, "TOKOUT", "dma", "dma-word", "write ra as a 32-bit token to channel-0 byte addr",
+        "ra:reg", "addr:haddr", reads="ra", hwrites=["scalar addr[1]"]),
     # -- DMA between HBM and the vector buffer --------------------------------------------
-    _op(0x10, "LOADV", "dma", "vbuf[dst:dst+len] = striped vector at src",
-        "dst:vaddr", "src:haddr", "len:count"),
-    _op(0x11, "STOREV", "dma", "striped vector at dst = vbuf[src:src+len]",
-        "dst:haddr", "src:vaddr", "len:count"),
-    _op(0x12, "LOADR", "dma", "vbuf[dst:dst+len] = row `row` of the matrix at mat",
-        "dst:vaddr", "mat:haddr", "ldb:u16", "row:count", "len:count"),
-    _op(0x13, "STORER", "dma", "row `row` of the matrix at mat = vbuf[src:src+len]",
-        "mat:haddr", "ldb:u16", "row:count", "src:vaddr", "len:count"),
-    _op(0x14, "STOREC", "dma", "column `col` of the matrix at mat, rows 0..len-1 = vbuf[src..]",
-        "mat:haddr", "ldb:u16", "col:count", "src:vaddr", "len:count"),
+    _op(0x10, "LOADV", "dma", "dma-stream", "vbuf[dst:dst+len] = striped vector at src",
+        "dst:vaddr", "src:haddr", "len:count",
+        vwrites=["dst[up(len)]"], hreads=["vector src[up(len)]"]),
+    _op(0x11, "STOREV", "dma", "dma-stream", "striped vector at dst = vbuf[src:src+len]",
+        "dst:haddr", "src:vaddr", "len:count",
+        vreads=["src[up(len)]"], hwrites=["vector dst[up(len)]"]),
+    _op(0x12, "LOADR", "dma", "dma-row", "vbuf[dst:dst+len] = row `row` of the matrix at mat",
+        "dst:vaddr", "mat:haddr", "ldb:u16", "row:count", "len:count",
+        vwrites=["dst[up(len)]"], hreads=["matrix mat[up(len)]"]),
+    _op(0x13, "STORER", "dma", "dma-row", "row `row` of the matrix at mat = vbuf[src:src+len]",
+        "mat:haddr", "ldb:u16", "row:count", "src:vaddr", "len:count",
+        vreads=["src[up(len)]"], hwrites=["matrix mat[up(len)]"]),
+    _op(0x14, "STOREC", "dma", "dma-column",
+        "column `col` of the matrix at mat, rows 0..len-1 = vbuf[src..]",
+        "mat:haddr", "ldb:u16", "col:count", "src:vaddr", "len:count",
+        vreads=["src[up(len)]"], hwrites=["matrix mat[up(len)]"]),
     # -- matrix processing unit ----------------------------------------------------------
-    _op(0x20, "MM", "mpu",
+    _op(0x20, "MM", "mpu", "mm",
         "for t < ntok, r < rows: dst[t*dstride + r] = round(dot(W[r, :cols], src[t*sstride:]) "
         "(+ bias[r])); with mask, rows..align-1 of each output are -Inf",
         "dst:vaddr", "src:vaddr", "w:haddr", "ldb:u16", "rows:count", "cols:count",
         "ntok:count", "dstride:u22", "sstride:u22", "bias:u22", "flags:flags",
-        flags=("bias", "mask", "prefetched")),
-    _op(0x21, "PREFETCH", "mpu", "stream a weight matrix into the lanes' FIFOs for the next "
-        "MM with flags=prefetched", "w:haddr", "ldb:u16", "rows:count", "cols:count"),
+        flags=("bias", "mask", "prefetched"),
+        vreads=["src[(ntok - 1) * sstride + up(cols)]", "bias[up(rows)] if bias"],
+        vwrites=["dst[(ntok - 1) * dstride + up(rows)]"],
+        hreads=["matrix w[rows * cols] unless prefetched"]),
+    _op(0x21, "PREFETCH", "pref", "prefetch", "stream a weight matrix into the lanes' FIFOs for "
+        "the next MM with flags=prefetched", "w:haddr", "ldb:u16", "rows:count", "cols:count",
+        hreads=["weights w[rows * cols]"]),
     # -- vector processing unit and special functions ------------------------------------
-    _op(0x30, "VADD", "vpu", "dst = vadd(a, b)", "dst:vaddr", "a:vaddr", "b:vaddr", "len:count"),
-    _op(0x31, "VMUL", "vpu", "dst = vmul(a, b)", "dst:vaddr", "a:vaddr", "b:vaddr", "len:count"),
-    _op(0x32, "VFMA", "vpu", "dst = vfma(a, b, c)", "dst:vaddr", "a:vaddr", "b:vaddr",
-        "c:vaddr", "len:count"),
-    _op(0x33, "VADDS", "vpu", "dst = vadd(a, +-s) with s the FP32 scalar",
-        "dst:vaddr", "a:vaddr", "s:sreg", "len:count", "flags:flags", flags=("neg",)),
-    _op(0x34, "VMULS", "vpu", "dst = vmul(a, round_fp16(s))",
-        "dst:vaddr", "a:vaddr", "s:sreg", "len:count"),
-    _op(0x35, "VEXP", "sfu", "dst = exp(a)", "dst:vaddr", "a:vaddr", "len:count"),
-    _op(0x36, "VGELU", "sfu", "dst = gelu(a)", "dst:vaddr", "a:vaddr", "len:count"),
-    _op(0x37, "VSUM", "vpu", "sd = reduce_sum(a) (FP32)", "sd:sreg", "a:vaddr", "len:count"),
-    _op(0x38, "VMAX", "vpu", "sd = widen(reduce_max(a))", "sd:sreg", "a:vaddr", "len:count"),
-    _op(0x39, "VDOT", "vpu", "sd = dot(a, b) (FP32)", "sd:sreg", "a:vaddr", "b:vaddr",
-        "len:count"),
-    _op(0x3A, "ARGMAX", "vpu", "rd = base + first index of max(a); sd = widen(max)",
-        "rd:reg", "sd:sreg", "a:vaddr", "len:count", "base:count"),
-    _op(0x3B, "VSET", "vpu", "vbuf[dst] = round_fp16(s)", "dst:vaddr", "s:sreg"),
-    _op(0x3C, "VGET", "vpu", "sd = widen(vbuf[src])", "sd:sreg", "src:vaddr"),
+    _op(0x30, "VADD", "vpu", "elementwise", "dst = vadd(a, b)", "dst:vaddr", "a:vaddr", "b:vaddr",
+        "len:count", vreads=["a[up(len)]", "b[up(len)]"], vwrites=["dst[up(len)]"]),
+    _op(0x31, "VMUL", "vpu", "elementwise", "dst = vmul(a, b)", "dst:vaddr", "a:vaddr", "b:vaddr",
+        "len:count", vreads=["a[up(len)]", "b[up(len)]"], vwrites=["dst[up(len)]"]),
+    _op(0x32, "VFMA", "vpu", "elementwise", "dst = vfma(a, b, c)", "dst:vaddr", "a:vaddr",
+        "b:vaddr", "c:vaddr", "len:count",
+        vreads=["a[up(len)]", "b[up(len)]", "c[up(len)]"], vwrites=["dst[up(len)]"]),
+    _op(0x33, "VADDS", "vpu", "elementwise", "dst = vadd(a, +-s) with s the FP32 scalar",
+        "dst:vaddr", "a:vaddr", "s:sreg", "len:count", "flags:flags", flags=("neg",),
+        reads="s", vreads=["a[up(len)]"], vwrites=["dst[up(len)]"]),
+    _op(0x34, "VMULS", "vpu", "elementwise", "dst = vmul(a, round_fp16(s))",
+        "dst:vaddr", "a:vaddr", "s:sreg", "len:count",
+        reads="s", vreads=["a[up(len)]"], vwrites=["dst[up(len)]"]),
+    _op(0x35, "VEXP", "vpu", "sfu", "dst = exp(a)", "dst:vaddr", "a:vaddr", "len:count",
+        vreads=["a[up(len)]"], vwrites=["dst[up(len)]"]),
+    _op(0x36, "VGELU", "vpu", "sfu", "dst = gelu(a)", "dst:vaddr", "a:vaddr", "len:count",
+        vreads=["a[up(len)]"], vwrites=["dst[up(len)]"]),
+    _op(0x37, "VSUM", "vpu", "sum", "sd = reduce_sum(a) (FP32)", "sd:sreg", "a:vaddr",
+        "len:count", writes="sd", vreads=["a[up(len)]"]),
+    _op(0x38, "VMAX", "vpu", "reduction", "sd = widen(reduce_max(a))", "sd:sreg", "a:vaddr",
+        "len:count", writes="sd", vreads=["a[up(len)]"]),
+    _op(0x39, "VDOT", "vpu", "sum", "sd = dot(a, b) (FP32)", "sd:sreg", "a:vaddr", "b:vaddr",
+        "len:count", writes="sd", vreads=["a[up(len)]", "b[up(len)]"]),
+    _op(0x3A, "ARGMAX", "vpu", "reduction", "rd = base + first index of max(a); sd = widen(max)",
+        "rd:reg", "sd:sreg", "a:vaddr", "len:count", "base:count",
+        writes="rd sd", vreads=["a[up(len)]"]),
+    _op(0x3B, "VSET", "vpu", "vpu-single", "vbuf[dst] = round_fp16(s)", "dst:vaddr", "s:sreg",
+        reads="s", vwrites=["dst[1]"]),
+    _op(0x3C, "VGET", "vpu", "vpu-single", "sd = widen(vbuf[src])", "sd:sreg", "src:vaddr",
+        writes="sd", vreads=["src[1]"]),
     # -- FP32 scalar unit ------------------------------------------------------------------
-    _op(0x40, "SLI", "scalar", "sd = imm", "sd:sreg", "imm:f32"),
-    _op(0x41, "SMULI", "scalar", "sd = mul32(sa, imm)", "sd:sreg", "sa:sreg", "imm:f32"),
-    _op(0x42, "SADDH", "scalar", "sd = widen(round_fp16(add(sa, widen(imm))))",
-        "sd:sreg", "sa:sreg", "imm:f16"),
-    _op(0x43, "SRECIP", "scalar", "sd = widen(reciprocal(round_fp16(sa)))", "sd:sreg",
-        "sa:sreg"),
-    _op(0x44, "SRSQRT", "scalar", "sd = widen(rsqrt(round_fp16(sa)))", "sd:sreg", "sa:sreg"),
+    _op(0x40, "SLI", "scalar", "scalar", "sd = imm", "sd:sreg", "imm:f32", writes="sd"),
+    _op(0x41, "SMULI", "scalar", "scalar", "sd = mul32(sa, imm)", "sd:sreg", "sa:sreg",
+        "imm:f32", reads="sa", writes="sd"),
+    _op(0x42, "SADDH", "scalar", "scalar", "sd = widen(round_fp16(add(sa, widen(imm))))",
+        "sd:sreg", "sa:sreg", "imm:f16", reads="sa", writes="sd"),
+    _op(0x43, "SRECIP", "scalar", "scalar", "sd = widen(reciprocal(round_fp16(sa)))",
+        "sd:sreg", "sa:sreg", reads="sa", writes="sd"),
+    _op(0x44, "SRSQRT", "scalar", "scalar", "sd = widen(rsqrt(round_fp16(sa)))", "sd:sreg",
+        "sa:sreg", reads="sa", writes="sd"),
     # -- ring ------------------------------------------------------------------------------
-    _op(0x50, "ALLGATHER", "ring",
+    _op(0x50, "ALLGATHER", "ring", "allgather",
         "for t < count: device d's slice vbuf[base + t*stride + d*slice : +slice] reaches "
-        "every device", "base:vaddr", "slice:u22", "stride:u22", "count:count"),
-    _op(0x51, "ARGMAXALL", "ring", "(sd, rd) = the largest (sd, -rd) over all devices",
-        "rd:reg", "sd:sreg"),
-    _op(0x52, "SYNC", "ring", "barrier across the ring"),
+        "every device", "base:vaddr", "slice:u22", "stride:u22", "count:count",
+        vreads=["base[(count - 1) * stride + devices * slice]"],
+        vwrites=["base[(count - 1) * stride + devices * slice]"]),
+    _op(0x51, "ARGMAXALL", "ring", "ring-word",
+        "(sd, rd) = the largest (sd, -rd) over all devices", "rd:reg", "sd:sreg",
+        reads="rd sd", writes="rd sd"),
+    _op(0x52, "SYNC", "ring", "barrier", "barrier across the ring"),
 ]
 
 OPCODES: dict[str, OpSpec] = {s.name: s for s in _SPECS}
@@ -269,10 +439,29 @@ def field_layout(op: str) -> list[tuple[str, str, int, int]]:
     return out
 
 
-for _spec in _SPECS:  # the table must fit the word; checked once at import
-    _used = OPCODE_BITS + sum(_field_bits(KINDS[k]) for _, k in _spec.fields)
-    assert _used <= WORD_BITS, (_spec.name, _used)
-    assert len(_spec.flags) <= KINDS["flags"].imm_bits, _spec.name
+def _check_spec(spec: OpSpec) -> None:
+    """The table must fit the word and name only what exists; checked once at import."""
+    used = OPCODE_BITS + sum(_field_bits(KINDS[k]) for _, k in spec.fields)
+    assert used <= WORD_BITS, (spec.name, used)
+    assert len(spec.flags) <= KINDS["flags"].imm_bits, spec.name
+    assert spec.engine in ENGINES, spec.name
+    assert spec.cost in COSTS, spec.name
+    kinds = dict(spec.fields)
+    for name in spec.reads + spec.writes:
+        assert kinds.get(name) in ("reg", "sreg"), (spec.name, name)
+    for ranges, hbm in ((spec.vreads, False), (spec.vwrites, False), (spec.hreads, True),
+                        (spec.hwrites, True)):
+        for r in ranges:
+            where = (spec.name, str(r))
+            assert r.space in SPACES, where
+            assert (r.space != "vbuf") == hbm, where
+            assert r.start in kinds, where
+            assert all(n in kinds for n in r.names), where
+            assert r.flag is None or r.flag in spec.flags, where
+
+
+for _spec in _SPECS:
+    _check_spec(_spec)
 
 
 @dataclass

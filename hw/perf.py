@@ -47,12 +47,14 @@ the finishing time, so the categories sum to the total: `weights` (prefetched we
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .config import AccelConfig
 from .intmath import ceil_div, round_up
+from .isa import COSTS, ENGINES, OPCODES, OpSpec, Range
 
 __all__ = [
     "CATEGORIES",
@@ -67,12 +69,9 @@ __all__ = [
 ]
 
 CATEGORIES = ("weights", "compute", "attention", "vector", "sync", "dma", "control")
-_SUMS = {"VSUM", "VDOT"}
-_REDUCTIONS = {"VMAX", "ARGMAX"}
 #: engines that take the next instruction only once this one has completed: the RTL's MPU
 #: drains its lanes and writes every result first
 _SERIAL_ENGINES = {"mpu"}
-_SFU = {"VEXP", "VGELU"}
 
 
 def quantize(cycles: float) -> float:
@@ -130,154 +129,186 @@ def mm_compute_cycles(rows_per_lane: int, beats: int, ntok: int, cfg: AccelConfi
     return ceil_div(rows_per_lane, group) * beats * max(lat, group * ntok)
 
 
+def _vector_beats(v: dict, cfg: AccelConfig, width: int) -> int:
+    return ceil_div(round_up(int(v["len"]), cfg.align), width)
+
+
+def _dma_bytes(spec: OpSpec, nbytes: int) -> tuple[int, int]:
+    """(read, write) HBM bytes of a DMA transfer, its direction read off the ISA table."""
+    return (nbytes if spec.hreads else 0, nbytes if spec.hwrites else 0)
+
+
+def _dma_latency(cfg: AccelConfig) -> int:
+    return cfg.dma_latency_cycles + cfg.hbm_latency_cycles
+
+
+def _ctrl_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    return Cost(spec.engine, 1, 0, "control")
+
+
+def _dma_word_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    # done when the memory answers (a TOKOUT when it acknowledges the write)
+    return Cost(spec.engine, 1, _dma_latency(cfg), "dma", *_dma_bytes(spec, 4))
+
+
+def _dma_stream_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    beats = _vector_beats(v, cfg, cfg.lane_width)
+    occ = _stream_cycles(ceil_div(beats, cfg.hbm_ports), cfg)
+    return Cost(spec.engine, occ, _dma_latency(cfg), "dma",
+                *_dma_bytes(spec, beats * cfg.beat_bytes))
+
+
+def _dma_row_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    beats = _vector_beats(v, cfg, cfg.lane_width)
+    return Cost(spec.engine, _stream_cycles(beats, cfg), _dma_latency(cfg), "dma",
+                *_dma_bytes(spec, beats * cfg.beat_bytes))
+
+
+def _dma_column_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    n = round_up(int(v["len"]), cfg.align)
+    per_port = ceil_div(n, cfg.hbm_ports)
+    # every element is a write of its own (the column strides across rows)
+    occ = per_port * (1 / cfg.port_beats_per_cycle + cfg.hbm_burst_gap_cycles)
+    return Cost(spec.engine, occ, _dma_latency(cfg), "dma",
+                *_dma_bytes(spec, n * cfg.beat_bytes))
+
+
+def _mm_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    rows_per_port, rows_per_lane, beats, ntok = _mm_shape(v, cfg)
+    compute = mm_compute_cycles(rows_per_lane, beats, ntok, cfg)
+    if "bias" in v["flags"]:  # the bias vector is read before the lanes start
+        compute += ceil_div(int(v["rows"]), cfg.align)
+    fetched = rows_per_port * beats
+    nbytes = cfg.hbm_ports * fetched * cfg.beat_bytes
+    if "prefetched" in v["flags"]:  # the timeline composes this with its PREFETCH
+        return Cost(spec.engine, compute, cfg.mpu_latency_cycles, "weights", nbytes)
+    occ = max(compute, _stream_cycles(fetched, cfg))
+    category = "compute" if compute >= occ else "attention"
+    return Cost(spec.engine, occ, cfg.hbm_latency_cycles + cfg.mpu_latency_cycles, category,
+                nbytes)
+
+
+def _prefetch_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    return Cost(spec.engine, 1, 0, "weights")
+
+
+def _elementwise_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    return Cost(spec.engine, _vector_beats(v, cfg, cfg.vector_width), cfg.vpu_latency_cycles,
+                "vector")
+
+
+def _sfu_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    return Cost(spec.engine, _vector_beats(v, cfg, cfg.sfu_width), cfg.sfu_latency_cycles,
+                "vector")
+
+
+def _sum_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    # one row on a dot lane: its adder loop takes acc_interleave per beat
+    beats = _vector_beats(v, cfg, cfg.vector_width)
+    return Cost(spec.engine, beats * cfg.acc_interleave,
+                cfg.vpu_latency_cycles + cfg.reduce_latency_cycles, "vector")
+
+
+def _reduction_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    # compare trees: a beat per cycle, no multiplier or adder stages
+    return Cost(spec.engine, _vector_beats(v, cfg, cfg.vector_width),
+                cfg.reduce_latency_cycles, "vector")
+
+
+def _vpu_single_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    return Cost(spec.engine, 1, cfg.vpu_latency_cycles, "vector")
+
+
+def _scalar_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    return Cost(spec.engine, 1, cfg.scalar_latency_cycles, "vector")
+
+
+def _ring_cost(spec: OpSpec, nbytes: int, cfg: AccelConfig) -> Cost:
+    steps = (cfg.devices - 1 + 1) // 2
+    time = steps * (cfg.ring_hop_cycles + nbytes / cfg.ring_bytes_per_cycle)
+    return Cost(spec.engine, max(1.0, time), 0, "sync")
+
+
+def _allgather_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    return _ring_cost(spec, int(v["count"]) * int(v["slice"]) * 2, cfg)
+
+
+def _ring_word_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    return _ring_cost(spec, 8, cfg)  # an FP32 scalar and a 32-bit index
+
+
+def _barrier_cost(spec: OpSpec, v: dict, cfg: AccelConfig) -> Cost:
+    return _ring_cost(spec, 0, cfg)
+
+
+#: The formula of each cost family of `hw.isa.COSTS`; an opcode's family is in its table entry.
+_COSTS: dict[str, Callable[[OpSpec, dict, AccelConfig], Cost]] = {
+    "ctrl": _ctrl_cost,
+    "dma-word": _dma_word_cost,
+    "dma-stream": _dma_stream_cost,
+    "dma-row": _dma_row_cost,
+    "dma-column": _dma_column_cost,
+    "mm": _mm_cost,
+    "prefetch": _prefetch_cost,
+    "elementwise": _elementwise_cost,
+    "sfu": _sfu_cost,
+    "sum": _sum_cost,
+    "reduction": _reduction_cost,
+    "vpu-single": _vpu_single_cost,
+    "scalar": _scalar_cost,
+    "allgather": _allgather_cost,
+    "ring-word": _ring_word_cost,
+    "barrier": _barrier_cost,
+}
+assert set(_COSTS) == set(COSTS), "every cost family of hw.isa needs its formula here"
+
+
 def op_cost(op: str, v: dict, cfg: AccelConfig) -> Cost:
     """Cost of one instruction with resolved operand values `v` (see `hw.isa.resolve`)."""
-    align, w, ports = cfg.align, cfg.lane_width, cfg.hbm_ports
-    beat = cfg.beat_bytes
-    hbm_lat = cfg.hbm_latency_cycles
-    if op in ("NOP", "HALT", "LI", "ADDI", "ADD", "SUB", "MUL", "MULI", "MIN",
-              "BLT", "BGE", "BEQ", "BNE", "JMP"):
-        return Cost("ctrl", 1, 0, "control")
-    if op == "LDR":
-        return Cost("dma", 1, cfg.dma_latency_cycles + hbm_lat, "dma", hbm_read_bytes=4)
-    if op == "TOKOUT":  # done when the memory acknowledges the write
-        return Cost("dma", 1, cfg.dma_latency_cycles + hbm_lat, "dma", hbm_write_bytes=4)
-    if op in ("LOADV", "STOREV"):
-        beats = ceil_div(round_up(int(v["len"]), align), w)
-        per_port = ceil_div(beats, ports)
-        occ = _stream_cycles(per_port, cfg)
-        lat = cfg.dma_latency_cycles + hbm_lat
-        nbytes = beats * beat
-        return Cost("dma", occ, lat, "dma", nbytes if op == "LOADV" else 0,
-                    nbytes if op == "STOREV" else 0)
-    if op in ("LOADR", "STORER"):
-        beats = ceil_div(round_up(int(v["len"]), align), w)
-        lat = cfg.dma_latency_cycles + hbm_lat
-        nbytes = beats * beat
-        return Cost("dma", _stream_cycles(beats, cfg), lat, "dma",
-                    nbytes if op == "LOADR" else 0, nbytes if op == "STORER" else 0)
-    if op == "STOREC":
-        n = round_up(int(v["len"]), align)
-        per_port = ceil_div(n, ports)
-        # every element is a write of its own (the column strides across rows)
-        occ = per_port * (1 / cfg.port_beats_per_cycle + cfg.hbm_burst_gap_cycles)
-        return Cost("dma", occ, cfg.dma_latency_cycles + hbm_lat, "dma",
-                    hbm_write_bytes=n * beat)
-    if op == "MM":
-        rows_per_port, rows_per_lane, beats, ntok = _mm_shape(v, cfg)
-        compute = mm_compute_cycles(rows_per_lane, beats, ntok, cfg)
-        if "bias" in v["flags"]:  # the bias vector is read before the lanes start
-            compute += ceil_div(int(v["rows"]), align)
-        fetched = rows_per_port * beats
-        nbytes = ports * fetched * beat
-        if "prefetched" in v["flags"]:  # the timeline composes this with its PREFETCH
-            return Cost("mpu", compute, cfg.mpu_latency_cycles, "weights", nbytes)
-        occ = max(compute, _stream_cycles(fetched, cfg))
-        category = "compute" if compute >= occ else "attention"
-        return Cost("mpu", occ, hbm_lat + cfg.mpu_latency_cycles, category, nbytes)
-    if op == "PREFETCH":
-        return Cost("pref", 1, 0, "weights")
-    if op in _SFU:
-        beats = ceil_div(round_up(int(v["len"]), align), cfg.sfu_width)
-        return Cost("vpu", beats, cfg.sfu_latency_cycles, "vector")
-    if op in _SUMS:  # one row on a dot lane: its adder loop takes acc_interleave per beat
-        beats = ceil_div(round_up(int(v["len"]), align), cfg.vector_width)
-        return Cost("vpu", beats * cfg.acc_interleave,
-                    cfg.vpu_latency_cycles + cfg.reduce_latency_cycles, "vector")
-    if op in _REDUCTIONS:  # compare trees: a beat per cycle, no multiplier or adder stages
-        beats = ceil_div(round_up(int(v["len"]), align), cfg.vector_width)
-        return Cost("vpu", beats, cfg.reduce_latency_cycles, "vector")
-    if op in ("VADD", "VMUL", "VFMA", "VADDS", "VMULS"):
-        beats = ceil_div(round_up(int(v["len"]), align), cfg.vector_width)
-        return Cost("vpu", beats, cfg.vpu_latency_cycles, "vector")
-    if op in ("VSET", "VGET"):
-        return Cost("vpu", 1, cfg.vpu_latency_cycles, "vector")
-    if op in ("SLI", "SMULI", "SADDH", "SRECIP", "SRSQRT"):
-        return Cost("scalar", 1, cfg.scalar_latency_cycles, "vector")
-    if op in ("ALLGATHER", "ARGMAXALL", "SYNC"):
-        steps = (cfg.devices - 1 + 1) // 2
-        if op == "ALLGATHER":
-            nbytes = int(v["count"]) * int(v["slice"]) * 2
-        else:
-            nbytes = 8 if op == "ARGMAXALL" else 0
-        time = steps * (cfg.ring_hop_cycles + nbytes / cfg.ring_bytes_per_cycle)
-        return Cost("ring", max(1.0, time), 0, "sync")
-    raise ValueError(f"no timing for opcode {op}")
+    spec = OPCODES.get(op)
+    if spec is None:
+        raise ValueError(f"no timing for opcode {op}")
+    return _COSTS[spec.cost](spec, v, cfg)
 
 
 def footprint(op: str, v: dict, cfg: AccelConfig) -> Footprint:
-    """Scoreboard resources of an instruction (vector ranges rounded up to whole beats)."""
-    a = cfg.align
-    f = Footprint()
+    """Scoreboard resources of an instruction, read off its `hw.isa` table entry: the
+    registers it reads and writes, its vector-buffer ranges (rounded as the table says) and
+    the HBM matrices it reads and writes, by base offset (the other HBM spaces are ordered by
+    the program, see `hw.isa.SPACES`). Index registers are the caller's (`Timeline.ready`)."""
+    spec = OPCODES[op]
+    align = cfg.align
+    flags = v.get("flags", frozenset())
 
-    def vec(name: str, length: int) -> tuple[int, int]:
-        return int(v[name]), round_up(int(length), a)
+    def up(x: int) -> int:
+        return round_up(x, align)
 
-    if op in ("LI",):
-        f.rwrites = [v["rd"]]
-    elif op in ("ADDI", "MULI"):
-        f.rreads, f.rwrites = [v["ra"]], [v["rd"]]
-    elif op in ("ADD", "SUB", "MUL", "MIN"):
-        f.rreads, f.rwrites = [v["ra"], v["rb"]], [v["rd"]]
-    elif op in ("BLT", "BGE", "BEQ", "BNE"):
-        f.rreads = [v["ra"], v["rb"]]
-    elif op == "LDR":
-        f.rwrites = [v["rd"]]
-    elif op == "TOKOUT":
-        f.rreads = [v["ra"]]
-    elif op == "LOADV":
-        f.vwrites = [vec("dst", v["len"])]
-    elif op == "STOREV":
-        f.vreads = [vec("src", v["len"])]
-    elif op == "LOADR":
-        f.vwrites = [vec("dst", v["len"])]
-        f.hreads = [int(v["mat"])]
-    elif op in ("STORER", "STOREC"):
-        f.vreads = [vec("src", v["len"])]
-        f.hwrites = [int(v["mat"])]
-    elif op == "MM":
-        ntok = int(v["ntok"])
-        f.vreads = [(int(v["src"]), (ntok - 1) * int(v["sstride"]) + round_up(int(v["cols"]), a))]
-        f.vwrites = [(int(v["dst"]), (ntok - 1) * int(v["dstride"]) + round_up(int(v["rows"]), a))]
-        if "bias" in v["flags"]:
-            f.vreads.append(vec("bias", v["rows"]))
-        if "prefetched" not in v["flags"]:
-            f.hreads = [int(v["w"])]
-    elif op in ("VADD", "VMUL"):
-        f.vreads = [vec("a", v["len"]), vec("b", v["len"])]
-        f.vwrites = [vec("dst", v["len"])]
-    elif op == "VFMA":
-        f.vreads = [vec("a", v["len"]), vec("b", v["len"]), vec("c", v["len"])]
-        f.vwrites = [vec("dst", v["len"])]
-    elif op in ("VADDS", "VMULS"):
-        f.vreads, f.sreads = [vec("a", v["len"])], [v["s"]]
-        f.vwrites = [vec("dst", v["len"])]
-    elif op in ("VEXP", "VGELU"):
-        f.vreads, f.vwrites = [vec("a", v["len"])], [vec("dst", v["len"])]
-    elif op in ("VSUM", "VMAX"):
-        f.vreads, f.swrites = [vec("a", v["len"])], [v["sd"]]
-    elif op == "VDOT":
-        f.vreads, f.swrites = [vec("a", v["len"]), vec("b", v["len"])], [v["sd"]]
-    elif op == "ARGMAX":
-        f.vreads = [vec("a", v["len"])]
-        f.rwrites, f.swrites = [v["rd"]], [v["sd"]]
-    elif op == "VSET":
-        f.sreads, f.vwrites = [v["s"]], [(int(v["dst"]), 1)]
-    elif op == "VGET":
-        f.vreads, f.swrites = [(int(v["src"]), 1)], [v["sd"]]
-    elif op == "SLI":
-        f.swrites = [v["sd"]]
-    elif op in ("SMULI", "SADDH", "SRECIP", "SRSQRT"):
-        f.sreads, f.swrites = [v["sa"]], [v["sd"]]
-    elif op == "ALLGATHER":
-        extent = (int(v["count"]) - 1) * int(v["stride"]) + cfg.devices * int(v["slice"])
-        f.vreads = [(int(v["base"]), extent)]
-        f.vwrites = [(int(v["base"]), extent)]
-    elif op == "ARGMAXALL":
-        f.rreads, f.sreads = [v["rd"]], [v["sd"]]
-        f.rwrites, f.swrites = [v["rd"]], [v["sd"]]
-    # indexed operands read their index registers
-    return f
+    def vranges(ranges: tuple[Range, ...]) -> list[tuple[int, int]]:
+        return [(int(v[r.start]), int(r.size(_IntOperands(v), up, cfg.devices)))
+                for r in ranges if r.enabled(flags)]
+
+    def matrices(ranges: tuple[Range, ...]) -> list[int]:
+        return [int(v[r.start]) for r in ranges if r.space == "matrix" and r.enabled(flags)]
+
+    return Footprint(
+        vreads=vranges(spec.vreads), vwrites=vranges(spec.vwrites),
+        rreads=[v[n] for n in spec.registers("reg", "r")],
+        rwrites=[v[n] for n in spec.registers("reg", "w")],
+        sreads=[v[n] for n in spec.registers("sreg", "r")],
+        swrites=[v[n] for n in spec.registers("sreg", "w")],
+        hreads=matrices(spec.hreads), hwrites=matrices(spec.hwrites))
+
+
+class _IntOperands:
+    """Resolved operand values as Python ints, for evaluating range lengths."""
+
+    __slots__ = ("_v",)
+
+    def __init__(self, v: dict) -> None:
+        self._v = v
+
+    def __getitem__(self, name: str) -> int:
+        return int(self._v[name])
 
 
 @dataclass
@@ -302,8 +333,7 @@ class Timeline:
         self.r_ready = [0.0] * 16
         self.s_ready = [0.0] * 16
         self.h_write: dict[int, float] = {}
-        self.engine_free = dict.fromkeys(("ctrl", "dma", "mpu", "pref", "vpu", "scalar",
-                                          "ring"), 0.0)
+        self.engine_free = dict.fromkeys(ENGINES, 0.0)
         self.next_issue = 0.0
         self.finish = 0.0  # latest completion so far
         self.breakdown = dict.fromkeys(CATEGORIES, 0.0)
@@ -402,11 +432,13 @@ class Timeline:
         cfg = self.cfg
         occupancy, category = cost.occupancy, cost.category
         engine_start = start
-        if op == "PREFETCH":
+        family = OPCODES[op].cost
+        prefetched = family == "mm" and "prefetched" in v["flags"]
+        if family == "prefetch":
             rows_per_port, _, beats, _ = _mm_shape(v, cfg)
             key = (int(v["w"]), v["ldb"], int(v["rows"]), int(v["cols"]))
             self.prefetch.append(_Prefetch(start, rows_per_port * beats, key))
-        elif op == "MM" and "prefetched" in v["flags"]:
+        elif prefetched:
             pf = self.prefetch.pop(0)
             end_stream = self._prefetched_stream(pf, start)
             end = max(start + cost.occupancy, end_stream)
@@ -418,7 +450,9 @@ class Timeline:
         if cost.engine in _SERIAL_ENGINES:
             self.engine_free[cost.engine] = done
         else:
-            self.engine_free[cost.engine] = engine_start + (occupancy if op != "PREFETCH" else 0)
+            # the prefetcher takes the next descriptor at once (`_descriptor_slot` limits it)
+            self.engine_free[cost.engine] = engine_start + (0 if family == "prefetch"
+                                                            else occupancy)
         self.busy[cost.engine] += occupancy
         self.next_issue = start + 1 + (cfg.branch_penalty_cycles if taken_branch else 0)
         for r in fp.rwrites:
@@ -433,8 +467,8 @@ class Timeline:
             self.h_write[key] = done
         self.hbm_read_bytes += cost.hbm_read_bytes
         self.hbm_write_bytes += cost.hbm_write_bytes
-        if op == "MM":
-            if "prefetched" in v["flags"]:
+        if family == "mm":
+            if prefetched:
                 self.weight_bytes += cost.hbm_read_bytes
             else:
                 self.kv_bytes += cost.hbm_read_bytes
