@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from host.runtime import GenerationRequest, make_backend
 from host.runtime.rtl.timing import compare
-from tests.host.accel_helpers import hf_checkpoint
+from models.testing import hf_checkpoint
 
 
 def measure(devices: int, tokens: int, model) -> list[dict]:
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
-    model = hf_checkpoint(Path(tempfile.mkdtemp(prefix="calibrate-")), 97, 24, 32, 1, 2)
+    model = hf_checkpoint(Path(tempfile.mkdtemp(prefix="calibrate-")), vocab=97, n_pos=24,
+                          n_embd=32, n_layer=1, n_head=2)
     results = {}
     for devices in args.devices:
         cmps = measure(devices, args.tokens, model)

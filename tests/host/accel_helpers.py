@@ -1,4 +1,5 @@
-"""Shared by the accelerator tests: random HF GPT-2 checkpoints and the golden comparison."""
+"""Shared by the accelerator tests: the golden comparison of an accelerator backend and its
+documented logit tolerance. (The random checkpoints they run are built by `models.testing`.)"""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import transformers
 
-import models
 from host.runtime import GenerationRequest
 from host.runtime.cluster_backend import ClusterBackend
 from hw.config import PRESETS
@@ -41,25 +40,6 @@ def logit_tolerance(golden: np.ndarray) -> np.ndarray:
     """The allowed |device - golden| for each logit of `golden` (steps, vocab)."""
     scale = np.abs(golden).max(axis=-1, keepdims=True)
     return LOGIT_RTOL * np.abs(golden) + LOGIT_SCALE_TOL * scale
-
-
-def hf_checkpoint(directory, vocab, n_pos, n_embd, n_layer, n_head, seed=0, scale=3.0,
-                  tied=True):
-    """A random HF GPT-2 with non-trivial biases and LayerNorms, saved to `directory`.
-    Weights are scaled up so logits are decisive, as a trained model's are."""
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(vocab_size=vocab, n_positions=n_pos, n_embd=n_embd,
-                                  n_layer=n_layer, n_head=n_head, bos_token_id=0,
-                                  eos_token_id=0, tie_word_embeddings=tied)
-    hf = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-            else:
-                p.mul_(scale)
-    hf.save_pretrained(directory)
-    return models.load_model(directory)
 
 
 @dataclass

@@ -31,9 +31,7 @@ from hw.config import PRESETS, load_config
 from hw.isa import Instr
 from hw.regmap import CONTROL_BITS, regmap
 from hw.vitis import connectivity_cfg, port_banks
-from sim.toolchain import available_simulators
-
-from .accel_helpers import hf_checkpoint
+from models.testing import hf_checkpoint
 
 PROMPT = [11, 42, 5, 80]  # the model below generates two different tokens from it
 NEW_TOKENS = 6
@@ -96,9 +94,6 @@ def _job_run(xclbin: str, program: list, timeout_s: float) -> dict:
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    reason = available_simulators()["verilator"]
-    if reason:
-        pytest.skip(reason)
     from sim.pynq import Session, sim_platform
 
     tmp = tmp_path_factory.mktemp("board")
@@ -109,7 +104,7 @@ def session(tmp_path_factory):
         text = text.replace(f".m_axi_hbm{port}:HBM[{port}]\n", f".m_axi_hbm{port}:HBM[{bank}]\n")
     xclbin = card.xclbin("permuted", link_cfg=text)
     checkpoint = tmp / "model"
-    model = hf_checkpoint(checkpoint, 97, 24, 32, 1, 2, seed=3)
+    model = hf_checkpoint(checkpoint, vocab=97, n_pos=24, n_embd=32, n_layer=1, n_head=2, seed=3)
     jobs = [
         {"name": "generate", "fn": f"{__name__}:_job_generate",
          "args": {"checkpoint": str(checkpoint), "xclbin": str(xclbin),
@@ -147,6 +142,7 @@ def _differing_bytes(a: np.ndarray, b: np.ndarray) -> list[int]:
 
 @pytest.mark.rtl
 @pytest.mark.slow
+@pytest.mark.simulator("verilator")
 def test_board_tokens_and_memory_equal_isa(session):
     got = _value(session, "generate")
     assert got["tokens"] == [s.token for s in session["isa_steps"]]
@@ -166,6 +162,7 @@ def test_board_tokens_and_memory_equal_isa(session):
 
 @pytest.mark.rtl
 @pytest.mark.slow
+@pytest.mark.simulator("verilator")
 def test_board_buffers_lie_in_the_banks_of_link_cfg(session):
     got = _value(session, "generate")
     assert got["banks"] == [f"HBM{PERMUTED[p]}" for p in range(len(PERMUTED))]
@@ -176,6 +173,7 @@ def test_board_buffers_lie_in_the_banks_of_link_cfg(session):
 
 @pytest.mark.rtl
 @pytest.mark.slow
+@pytest.mark.simulator("verilator")
 def test_board_writes_the_arguments_at_the_regmap_offsets(session):
     got = _value(session, "generate")
     rm = regmap(session["config"])
@@ -193,6 +191,7 @@ def test_board_writes_the_arguments_at_the_regmap_offsets(session):
 
 @pytest.mark.rtl
 @pytest.mark.slow
+@pytest.mark.simulator("verilator")
 def test_board_reports_an_ap_done_timeout(session):
     result = session["results"]["timeout"]
     assert result.get("type") == "BoardError", result
@@ -203,6 +202,7 @@ def test_board_reports_an_ap_done_timeout(session):
 
 @pytest.mark.rtl
 @pytest.mark.slow
+@pytest.mark.simulator("verilator")
 def test_board_reports_the_kernels_fault(session):
     result = session["results"]["fault"]
     assert result.get("type") == "BoardError", result
@@ -222,7 +222,7 @@ def test_board_generation_on_a_card(tmp_path):
     pynq = pytest.importorskip("pynq", reason="PYNQ is not installed (pip install "
                                "'tandem[board]' on the card's machine)")
     config = load_config(os.environ.get("TANDEM_CONFIG", "u280"), 1)
-    model = hf_checkpoint(tmp_path, 97, 24, 32, 1, 2, seed=3)
+    model = hf_checkpoint(tmp_path, vocab=97, n_pos=24, n_embd=32, n_layer=1, n_head=2, seed=3)
     request = GenerationRequest(list(PROMPT), NEW_TOKENS)
     board = make_backend("board", model, config=config.name, devices=1, xclbin=xclbin,
                          pynq=pynq)

@@ -12,8 +12,7 @@ import pytest
 from host.compiler import CompileError, ModelShape, compile_model
 from hw.config import PRESETS
 from hw.isa import assemble, decode_program
-
-from .accel_helpers import hf_checkpoint
+from models.testing import hf_checkpoint
 
 SMALL = ModelShape(vocab_size=1000, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=256)
 
@@ -64,7 +63,8 @@ def _head_pos(f):
 def test_weights_land_in_the_planned_layout(tmp_path):
     """Every weight region of every device's image, element by element, against positions
     written out here from the layout rules (not from the compiler's helpers)."""
-    model = hf_checkpoint(tmp_path, 301, 32, 50, 2, 5)  # head dim 10, uneven 3-device split
+    model = hf_checkpoint(tmp_path, vocab=301, n_pos=32, n_embd=50, n_layer=2,
+                          n_head=5)  # head dim 10, uneven 3-device split
     config = PRESETS["tiny"].with_devices(3)
     compiled = compile_model(model, config)
     plan = compiled.plan
@@ -158,7 +158,7 @@ def test_weights_land_in_the_planned_layout(tmp_path):
 
 
 def test_artifacts_round_trip(tmp_path):
-    model = hf_checkpoint(tmp_path / "m", 301, 32, 48, 2, 3)
+    model = hf_checkpoint(tmp_path / "m", vocab=301, n_pos=32, n_embd=48, n_layer=2, n_head=3)
     compiled = compile_model(model, PRESETS["tiny"])
     compiled.save(tmp_path / "out")
     words = np.frombuffer((tmp_path / "out" / "device0.bin").read_bytes(), np.uint64)

@@ -90,7 +90,7 @@ def test_suffix_without_fim_sentinels_is_one_line_exit_2(tiny_checkpoint, capsys
 
 def test_serve_completes_the_middle_for_a_suffix_and_refuses_a_model_without_fim(
         fim_checkpoint, tiny_checkpoint):
-    from .test_serving import call, running
+    from .serving_helpers import call, running
 
     tok = load_tokenizer(fim_checkpoint)
     want = infill_prompt_ids(tok, PREFIX, SUFFIX)

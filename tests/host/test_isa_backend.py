@@ -10,13 +10,9 @@ import pytest
 
 import models
 from host.cli import main
+from models.testing import hf_checkpoint
 
-from .accel_helpers import (
-    U_FP16,
-    assert_agrees_with_golden,
-    compare_with_golden,
-    hf_checkpoint,
-)
+from .accel_helpers import U_FP16, assert_agrees_with_golden, compare_with_golden
 
 # (vocab, n_positions, n_embd, n_layer, n_head, devices): odd head dims and vocabularies,
 # padded layouts with gaps, and every device count
@@ -33,7 +29,8 @@ CASES = [
                          CASES)
 def test_random_configs_agree_with_golden(tmp_path, vocab, n_pos, n_embd, n_layer, n_head,
                                           devices, tied):
-    model = hf_checkpoint(tmp_path, vocab, n_pos, n_embd, n_layer, n_head, tied=tied)
+    model = hf_checkpoint(tmp_path, vocab=vocab, n_pos=n_pos, n_embd=n_embd, n_layer=n_layer,
+                          n_head=n_head, tied=tied)
     prompt = [(7 * i + 3) % vocab for i in range(5)]
     result = compare_with_golden(model, prompt, min(14, n_pos - 5), devices)
     assert_agrees_with_golden(result)
@@ -55,7 +52,7 @@ def test_default_model_agrees_with_golden():
 def test_results_do_not_depend_on_the_device_count(tmp_path):
     """Every output element is computed whole on one device in the same order, so 1, 2 and 4
     devices give bit-identical logits and tokens."""
-    model = hf_checkpoint(tmp_path, 211, 32, 64, 2, 4)
+    model = hf_checkpoint(tmp_path, vocab=211, n_pos=32, n_embd=64, n_layer=2, n_head=4)
     runs = [compare_with_golden(model, [5, 6, 7], 8, d) for d in (1, 2, 4)]
     for other in runs[1:]:
         assert other.tokens == runs[0].tokens
@@ -84,7 +81,7 @@ def test_kv_cache_in_hbm_holds_the_golden_keys_and_values(tmp_path):
     from host.runtime.cluster_backend import ClusterBackend
     from hw.config import PRESETS
 
-    model = hf_checkpoint(tmp_path, 211, 32, 48, 2, 3)
+    model = hf_checkpoint(tmp_path, vocab=211, n_pos=32, n_embd=48, n_layer=2, n_head=3)
     backend = ClusterBackend(model, PRESETS["tiny"])
     prompt = [9, 8, 7, 6]
     tokens = [s.token for s in backend.stream(GenerationRequest(prompt, 5))]

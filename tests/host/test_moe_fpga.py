@@ -18,37 +18,12 @@ from host.runtime import GenerationRequest
 from host.runtime.cluster_backend import ClusterBackend
 from hw.config import PRESETS
 from models.moe import MoEGPT, MoEGPTConfig
+from models.testing import moe_checkpoint
 
 from .accel_helpers import assert_agrees_with_golden, compare_with_golden
 
 SHIPPED_MOE = models.default_model_dir().parent / "stdlib-moe-4x256-e4"
 PROMPT = [3, 5, 7, 9, 11]
-
-
-def moe_checkpoint(directory, vocab=97, n_pos=32, n_embd=32, n_layer=2, n_head=2,
-                   n_inner=None, experts=4, top_k=1, moe_every=1, renormalize=True, seed=0,
-                   gate_std=1.0):
-    """A random MoE-GPT saved to `directory` and loaded back. Weights are scaled up as in
-    `accel_helpers.hf_checkpoint`; every expert has its own initialisation, and the router is
-    wide (std `gate_std`) so routing decisions are not FP16 coin flips."""
-    torch.manual_seed(seed)
-    config = MoEGPTConfig(vocab_size=vocab, n_positions=n_pos, n_embd=n_embd, n_layer=n_layer,
-                          n_head=n_head, n_inner=n_inner, moe_every=moe_every,
-                          moe_num_experts=experts, moe_top_k=top_k,
-                          moe_renormalize=renormalize, bos_token_id=0, eos_token_id=0)
-    model = MoEGPT(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gate.weight"):
-                p.normal_(0.0, gate_std)
-            elif name.endswith("bias") or ".ln_" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-            else:
-                p.mul_(3.0)
-    model.save_pretrained(directory)
-    return models.load_model(directory)
-
-
 
 
 # (n_embd, n_head, top_k, moe_every, renormalize, devices)

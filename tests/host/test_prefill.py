@@ -18,8 +18,7 @@ from host.runtime.cluster_backend import ClusterBackend
 from host.runtime.kv import kv_writes, read_kv, write_kv
 from hw.config import PRESETS
 from hw.intmath import round_up
-
-from .accel_helpers import hf_checkpoint
+from models.testing import hf_checkpoint
 
 # (vocab, n_positions, n_embd, n_layer, n_head, devices): the accelerator tests' model sizes,
 # with a padded head (hd 10 -> 16) and every device count
@@ -92,7 +91,8 @@ def test_exact_prefill_is_bit_identical_to_all_fpga(tmp_path, vocab, n_pos, n_em
                                                     n_head, devices):
     """With the devices' arithmetic on the host, the KV the host writes, every logit and every
     token are bit for bit those of the all-FPGA run."""
-    model = hf_checkpoint(tmp_path, vocab, n_pos, n_embd, n_layer, n_head)
+    model = hf_checkpoint(tmp_path, vocab=vocab, n_pos=n_pos, n_embd=n_embd, n_layer=n_layer,
+                          n_head=n_head)
     prompt, n_new = _prompt(vocab), 6
     fpga, tokens, logits = _run(model, devices, prompt, n_new)
     hetero, tokens_x, logits_x = _run(model, devices, prompt, n_new, prefill="gpu",
@@ -113,7 +113,8 @@ def test_torch_prefill_tokens_equal_all_fpga(tmp_path, vocab, n_pos, n_embd, n_l
                                              devices):
     """The fast path: the FP32 golden model's KV, rounded to FP16. Greedy tokens equal the
     all-FPGA run's; the logits differ by the KV's FP16 rounding only (measured)."""
-    model = hf_checkpoint(tmp_path, vocab, n_pos, n_embd, n_layer, n_head)
+    model = hf_checkpoint(tmp_path, vocab=vocab, n_pos=n_pos, n_embd=n_embd, n_layer=n_layer,
+                          n_head=n_head)
     prompt, n_new = _prompt(vocab), min(12, n_pos - 9)
     _, tokens, logits = _run(model, devices, prompt, n_new)
     hetero, tokens_h, logits_h = _run(model, devices, prompt, n_new, prefill="gpu")
@@ -133,7 +134,7 @@ def test_torch_prefill_tokens_equal_all_fpga(tmp_path, vocab, n_pos, n_embd, n_l
 
 
 def test_one_token_prompt_needs_no_transfer(tmp_path):
-    model = hf_checkpoint(tmp_path, 211, 32, 48, 2, 3)
+    model = hf_checkpoint(tmp_path, vocab=211, n_pos=32, n_embd=48, n_layer=2, n_head=3)
     _, tokens, _ = _run(model, 1, [17], 5)
     backend, tokens_h, _ = _run(model, 1, [17], 5, prefill="gpu")
     assert tokens_h == tokens
@@ -144,7 +145,7 @@ def test_one_token_prompt_needs_no_transfer(tmp_path):
 def test_a_second_request_overwrites_the_first_requests_cache(tmp_path):
     """A backend serves requests one after another: each request's host KV replaces what the
     previous one left in HBM."""
-    model = hf_checkpoint(tmp_path, 211, 32, 48, 2, 3)
+    model = hf_checkpoint(tmp_path, vocab=211, n_pos=32, n_embd=48, n_layer=2, n_head=3)
     backend = ClusterBackend(model, PRESETS["tiny"], prefill="gpu")
     first, second = [5, 9, 11, 3, 7, 2], [40, 41, 42, 43]
     list(backend.stream(GenerationRequest(first, 4)))
@@ -153,7 +154,7 @@ def test_a_second_request_overwrites_the_first_requests_cache(tmp_path):
 
 
 def test_generate_cli_reports_the_time_split(tmp_path, capsys):
-    model = hf_checkpoint(tmp_path, 211, 32, 48, 2, 3)
+    model = hf_checkpoint(tmp_path, vocab=211, n_pos=32, n_embd=48, n_layer=2, n_head=3)
     del model
     base = ["generate", "--model", str(tmp_path), "--prompt-ids", "4,8,15,16,23,42",
             "--max-new-tokens", "5", "--backend", "isa", "--devices", "3", "--json"]
@@ -192,7 +193,7 @@ def test_demo_command_on_a_two_fpga_u280_appliance(tmp_path, tiny_corpus, capsys
     tokenizer): the continuation, the per-token latency at the clock and the time split."""
     import shutil
 
-    hf_checkpoint(tmp_path, 512, 64, 64, 2, 4)
+    hf_checkpoint(tmp_path, vocab=512, n_pos=64, n_embd=64, n_layer=2, n_head=4)
     shutil.copyfile(tiny_corpus / "tokenizer.json", tmp_path / "tokenizer.json")
     argv = ["generate", "--model", str(tmp_path), "--prompt", "def fibonacci(n):",
             "--max-new-tokens", "6", "--backend", "isa", "--config", "u280", "--devices", "2"]
@@ -231,7 +232,7 @@ def test_prefill_bad_input_is_one_line(tiny_checkpoint, capsys, extra, message):
 
 @pytest.mark.gpu
 def test_prefill_runs_on_cuda_and_tokens_equal(tmp_path):
-    model = hf_checkpoint(tmp_path, 1001, 48, 48, 2, 3)
+    model = hf_checkpoint(tmp_path, vocab=1001, n_pos=48, n_embd=48, n_layer=2, n_head=3)
     prompt = _prompt(1001, 20)
     _, tokens, _ = _run(model, 1, prompt, 10)
     backend, tokens_h, _ = _run(model, 1, prompt, 10, prefill="gpu")

@@ -7,7 +7,6 @@ queue small enough to overflow and checks that nothing is lost or answered wrong
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import random
@@ -18,7 +17,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +31,13 @@ from tokenizers import models as tok_models
 import models
 from host.cli import main as cli_main
 from host.runtime import BACKENDS, TorchBackend
-from host.serving import BackgroundServer, ServeConfig, load_service
+
+from .serving_helpers import HTTP_TIMEOUT_S, Reply, call, connect, running
 
 CORPUS = ["def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
           "import os\nimport sys\nfor line in sys.stdin:\n    print(line.strip())\n",
           "class Point:\n    def __init__(self, x, y):\n        self.x = x\n"]
 N_POSITIONS = 64
-HTTP_TIMEOUT_S = 30
 
 
 # -- a tiny checkpoint and its golden answers ---------------------------------------------------
@@ -148,55 +146,6 @@ def paced(monkeypatch):
     holder: dict[str, float] = {"delay_s": 0.0}
     monkeypatch.setitem(BACKENDS, "paced", lambda model, **_: Paced(model, holder["delay_s"]))
     return holder
-
-
-@contextmanager
-def running(checkpoint, backend: str = "torch", **options):
-    config = ServeConfig(**{"port": 0, "shutdown_timeout_s": 5, **options})
-    service = load_service(config, checkpoint, backend=backend)
-    with BackgroundServer(service) as server:
-        yield server, service
-
-
-# -- a client: http.client, one connection per request ----------------------------------------
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: Any  # parsed JSON, or the list of SSE data payloads (JSON or "[DONE]")
-
-
-def _connect(url: str, timeout: float = HTTP_TIMEOUT_S) -> http.client.HTTPConnection:
-    parts = urlsplit(url)
-    return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-
-
-def _sse(payload: bytes) -> list[Any]:
-    events = []
-    for block in payload.decode().split("\n\n"):
-        if block:
-            assert block.startswith("data: "), block
-            data = block.removeprefix("data: ")
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
-
-
-def call(url: str, path: str, body: Any = None, *, method: str = "POST", raw: bytes | None = None,
-         headers: dict[str, str] | None = None) -> Reply:
-    conn = _connect(url)
-    try:
-        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-        conn.request(method, path, body=data,
-                     headers={"Content-Type": "application/json", **(headers or {})})
-        resp = conn.getresponse()
-        payload = resp.read()
-        head = {k.lower(): v for k, v in resp.getheaders()}
-        if head.get("content-type", "").startswith("text/event-stream"):
-            return Reply(resp.status, head, _sse(payload))
-        return Reply(resp.status, head, json.loads(payload))
-    finally:
-        conn.close()
 
 
 def complete(url: str, body: dict[str, Any]) -> Reply:
@@ -442,7 +391,7 @@ def test_client_disconnect_cancels_running_and_queued_work(checkpoint, paced):
     with running(checkpoint, backend="paced") as (server, service):
         backend = service.engine.backend
         # A streaming client reads two chunks, then hangs up.
-        conn = _connect(server.url)
+        conn = connect(server.url)
         conn.request("POST", "/v1/completions", json.dumps(
             {"prompt": "def", "max_tokens": 60, "stream": True}).encode(),
             {"Content-Type": "application/json"})

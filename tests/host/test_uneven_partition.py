@@ -9,9 +9,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-import models
 from host.cli import main
 from host.compiler import CompileError, ModelShape, compile_model
 from host.compiler.plan import make_plan, slot_positions, split_counts
@@ -20,9 +18,9 @@ from host.runtime.projection import MODEL_SHAPES
 from hw.config import PRESETS
 from hw.isasim import IsaCluster
 from hw.layout import DESC
-from models.moe import MoEGPT, MoEGPTConfig
+from models.testing import hf_checkpoint, moe_checkpoint
 
-from .accel_helpers import assert_agrees_with_golden, compare_with_golden, hf_checkpoint
+from .accel_helpers import assert_agrees_with_golden, compare_with_golden
 
 DEVICES = (1, 2, 3, 4)
 XL = MODEL_SHAPES["gpt2-1.5b"]
@@ -89,7 +87,8 @@ DENSE = [
 @pytest.mark.parametrize(("vocab", "n_pos", "n_embd", "n_layer", "n_head", "tied"), DENSE)
 def test_dense_results_do_not_depend_on_the_device_count(tmp_path, vocab, n_pos, n_embd,
                                                          n_layer, n_head, tied):
-    model = hf_checkpoint(tmp_path, vocab, n_pos, n_embd, n_layer, n_head, tied=tied)
+    model = hf_checkpoint(tmp_path, vocab=vocab, n_pos=n_pos, n_embd=n_embd, n_layer=n_layer,
+                          n_head=n_head, tied=tied)
     _assert_same_for_every_device_count(model, [(7 * i + 3) % vocab for i in range(4)], 6)
 
 
@@ -97,7 +96,7 @@ def test_dense_results_do_not_depend_on_the_device_count(tmp_path, vocab, n_pos,
 def test_thinned_gpt2_xl_is_bit_identical_on_1_to_4_devices(tmp_path):
     """GPT-2 XL's attention and width (25 heads of 64, 1600 wide, MLP 6400), one layer and a
     small vocabulary, run arithmetically on 1, 2, 3 and 4 devices."""
-    model = hf_checkpoint(tmp_path, 211, 16, 1600, 1, 25)
+    model = hf_checkpoint(tmp_path, vocab=211, n_pos=16, n_embd=1600, n_layer=1, n_head=25)
     assert (model.config.n_embd, model.config.n_head) == (XL.n_embd, XL.n_head)
     runs = _assert_same_for_every_device_count(model, [5, 6, 7], 4)
     plan = compile_model(ModelShape.from_config(model.config), PRESETS["tiny"].with_devices(4)
@@ -110,39 +109,21 @@ def test_gapped_even_split_is_bit_identical(tmp_path):
     """40 wide over 2 devices (align 8): the old split of 20 + 20 values, each padded to 24,
     regrouped the lane's beats (logits differed by ~2e-6 from 1 device); the split in whole
     beats (24 + 16) does not."""
-    model = hf_checkpoint(tmp_path, 211, 24, 40, 1, 4)
+    model = hf_checkpoint(tmp_path, vocab=211, n_pos=24, n_embd=40, n_layer=1, n_head=4)
     _assert_same_for_every_device_count(model, [5, 6, 7], 5, devices=(1, 2, 4))
-
-
-def _moe_checkpoint(directory, n_embd, n_head, top_k):
-    """A random MoE-GPT (2 blocks, both MoE, 4 experts) with a wide router, saved and loaded."""
-    torch.manual_seed(0)
-    config = MoEGPTConfig(vocab_size=97, n_positions=24, n_embd=n_embd, n_layer=2,
-                          n_head=n_head, moe_every=1, moe_num_experts=4, moe_top_k=top_k,
-                          bos_token_id=0, eos_token_id=0)
-    model = MoEGPT(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gate.weight"):
-                p.normal_(0.0, 1.0)
-            elif name.endswith("bias") or ".ln_" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-            else:
-                p.mul_(3.0)
-    model.save_pretrained(directory)
-    return models.load_model(directory)
 
 
 def test_moe_results_do_not_depend_on_the_device_count(tmp_path):
     """MoE-GPT shares the attention and hidden-vector split: 5 heads, 80 wide; top-2, so the
     two experts of a token often sit on different devices."""
-    model = _moe_checkpoint(tmp_path, 80, 5, top_k=2)
+    model = moe_checkpoint(tmp_path, vocab=97, n_pos=24, n_embd=80, n_layer=2,
+                           n_head=5, experts=4, top_k=2, moe_every=1)
     _assert_same_for_every_device_count(model, [3, 5, 7, 9], 5)
 
 
 def test_kv_cache_round_trips_through_uneven_heads(tmp_path):
     """The host's KV-cache writer (heterogeneous prefill) puts each head on its device."""
-    model = hf_checkpoint(tmp_path, 97, 16, 56, 2, 7)
+    model = hf_checkpoint(tmp_path, vocab=97, n_pos=16, n_embd=56, n_layer=2, n_head=7)
     compiled = compile_model(model, PRESETS["tiny"].with_devices(3))
     assert compiled.plan.head_counts == [3, 2, 2]
     rng = np.random.default_rng(0)

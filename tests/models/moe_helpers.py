@@ -1,5 +1,5 @@
-"""Shared pieces of the MoE tests: tiny configs, a tiny prepared corpus, and a plain-loop
-reference of DeepSpeed's gating rules written independently of `models.moe.gates`."""
+"""Shared pieces of the MoE tests: a plain-loop reference of DeepSpeed's gating rules written
+independently of `models.moe.gates`. (Tiny configs and corpora come from `models.testing`.)"""
 
 from __future__ import annotations
 
@@ -7,40 +7,7 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
-from tokenizers import Tokenizer
-from tokenizers import models as tok_models
-
-from models.config import GPT2Config
-from models.data import CorpusMeta
-
-
-def tiny_config(**overrides) -> GPT2Config:
-    fields = {"vocab_size": 64, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 2}
-    return GPT2Config(**{**fields, **overrides})
-
-
-def tiny_corpus(directory: Path, vocab_size: int = 64, tokens: int = 40_000) -> Path:
-    """A prepared-corpus directory (meta.json, train/val.bin, tokenizer.json) of patterned
-    random tokens: short runs of an arithmetic progression, so there is something to learn."""
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    out = {}
-    for split, n in (("train", tokens), ("val", tokens // 8)):
-        ids = []
-        while len(ids) < n:
-            start, step = rng.integers(1, vocab_size), rng.integers(1, 4)
-            ids.extend((start + step * i) % (vocab_size - 1) + 1 for i in range(8))
-            ids.append(0)
-        np.asarray(ids[:n], dtype=np.uint16).tofile(directory / f"{split}.bin")
-        out[split] = n
-    Tokenizer(tok_models.WordLevel({"<|endoftext|>": 0}, unk_token="<|endoftext|>")).save(
-        str(directory / "tokenizer.json"))
-    CorpusMeta(python="test", root="synthetic", vocab_size=vocab_size, val_fraction=0.1,
-               files={"train": 1, "val": 1}, bytes=dict(out), tokens=out,
-               file_list_sha256="0" * 64, eot_id=0).save(directory / "meta.json")
-    return directory
 
 
 def logits_for(probs: list[list[float]]) -> torch.Tensor:

@@ -22,8 +22,7 @@ from models.data import (
 from models.data.analyzer import DifficultyIndex
 from models.data.curriculum import truncate_batch
 from models.errors import ModelConfigError, ModelError
-
-from .test_data_analyzer import write_corpus
+from models.testing import analysis_corpus
 
 LINEAR = {"min_difficulty": 8, "max_difficulty": 64, "schedule_type": "fixed_linear",
           "schedule_config": {"total_curriculum_step": 100, "difficulty_step": 8}}
@@ -244,7 +243,7 @@ def _metric(name, kind, lo, hi, total=10, step=1):
 
 
 def _sampler(tmp_path, metrics, block_size=4):
-    write_corpus(tmp_path)
+    analysis_corpus(tmp_path)
     analyze(tmp_path, block_size, progress=False)
     index = DifficultyIndex(tmp_path, block_size)
     de = parse_data_efficiency({"enabled": True, "data_sampling": {
@@ -292,7 +291,7 @@ def test_seqlen_truncate_shortens_windows_early(tmp_path):
 
 
 def test_seqlen_truncate_alone_needs_no_index(tmp_path):
-    write_corpus(tmp_path)
+    analysis_corpus(tmp_path)
     data = TokenData(tmp_path)
     metrics = parse_data_efficiency({"enabled": True, "data_sampling": {
         "enabled": True, "curriculum_learning": {"enabled": True, "curriculum_metrics": {
@@ -312,10 +311,9 @@ def test_seqlen_truncate_alone_needs_no_index(tmp_path):
 def test_data_efficiency_in_a_training_loop(tmp_path):
     from models.data import DataEfficiency
     from models.gpt2 import GPT2LMHead
+    from models.testing import tiny_config
 
-    from .moe_helpers import tiny_config
-
-    write_corpus(tmp_path)
+    analysis_corpus(tmp_path)
     analyze(tmp_path, 8, progress=False)
     cfg = json.loads(json.dumps(DS_CONFIG))
     ltd = cfg["data_efficiency"]["data_routing"]["random_ltd"]

@@ -10,33 +10,13 @@ import pytest
 
 from host.cli import main
 from models.data import DifficultyIndex, analyze
-from models.data.corpus import CorpusMeta
 from models.errors import ModelError
-
-
-def write_corpus(directory, train=None, val=None, vocab_size=16, eot=0):
-    """A prepared-corpus directory (meta.json, train.bin, val.bin) holding given streams;
-    by default ~1000 seeded tokens in documents of 1..40 tokens."""
-    rng = np.random.default_rng(0)
-    if train is None:
-        docs = [[*rng.integers(1, vocab_size, size=rng.integers(1, 40)).tolist(), eot]
-                for _ in range(50)]
-        train = [t for d in docs for t in d]
-    if val is None:
-        val = rng.integers(0, vocab_size, size=50).tolist()
-    directory.mkdir(parents=True, exist_ok=True)
-    np.asarray(train, dtype=np.uint16).tofile(directory / "train.bin")
-    np.asarray(val, dtype=np.uint16).tofile(directory / "val.bin")
-    CorpusMeta(python="3", root="synthetic", vocab_size=vocab_size, val_fraction=0.1,
-               files={"train": 1, "val": 1}, bytes={"train": 0, "val": 0},
-               tokens={"train": len(train), "val": len(val)}, file_list_sha256="0" * 64,
-               eot_id=eot).save(directory / "meta.json")
-    return train, val
+from models.testing import analysis_corpus
 
 
 def test_hand_computed(tmp_path):
     train = [1, 2, 0, 3, 3, 3, 3, 3, 4, 0, 0, 5, 9]  # 13 tokens: 3 windows of 4 (+1 target)
-    write_corpus(tmp_path, train=train, val=[1, 2, 3, 4, 5, 6])
+    analysis_corpus(tmp_path, train=train, val=[1, 2, 3, 4, 5, 6])
     analyze(tmp_path, block_size=4, progress=False)
     index = DifficultyIndex(tmp_path, 4)
     assert index.n_samples == 3
@@ -59,7 +39,7 @@ def test_hand_computed(tmp_path):
 
 
 def test_matches_a_plain_recomputation(tmp_path):
-    train, _ = write_corpus(tmp_path)
+    train, _ = analysis_corpus(tmp_path)
     B = 8
     analyze(tmp_path, block_size=B, progress=False)
     index = DifficultyIndex(tmp_path, B)
@@ -93,7 +73,7 @@ def test_matches_a_plain_recomputation(tmp_path):
 
 
 def test_refuses_to_overwrite_and_rebuilds_with_force(tmp_path):
-    write_corpus(tmp_path)
+    analysis_corpus(tmp_path)
     out = analyze(tmp_path, block_size=8, progress=False)
     before = (out / "train_vocab_rarity.npy").read_bytes()
     with pytest.raises(ModelError, match="already exists; pass --force"):
@@ -104,9 +84,9 @@ def test_refuses_to_overwrite_and_rebuilds_with_force(tmp_path):
 
 
 def test_stale_index_is_refused(tmp_path):
-    write_corpus(tmp_path)
+    analysis_corpus(tmp_path)
     analyze(tmp_path, block_size=8, progress=False)
-    write_corpus(tmp_path, train=[1, 2, 3] * 100)
+    analysis_corpus(tmp_path, train=[1, 2, 3] * 100)
     with pytest.raises(ModelError, match="made from another corpus"):
         DifficultyIndex(tmp_path, 8)
     with pytest.raises(ModelError, match="holds no analysis"):
@@ -114,7 +94,7 @@ def test_stale_index_is_refused(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    write_corpus(tmp_path / "c")
+    analysis_corpus(tmp_path / "c")
     assert main(["data", "analyze", "--data", str(tmp_path / "c"), "--block-size", "8"]) == 0
     assert (tmp_path / "c" / "analysis_b8" / "train_seqlen.npy").is_file()
     assert "analyzing" in capsys.readouterr().err  # the progress bar

@@ -21,9 +21,8 @@ from models.data.fim import (
 )
 from models.errors import CheckpointError, ModelConfigError, PromptError
 from models.gpt2 import GPT2LMHead
+from models.testing import tiny_config
 from models.tokenizer import FIM_SENTINELS, Tokenizer, gpt2_tokenizer, load_tokenizer
-
-from .moe_helpers import tiny_config
 
 DOC = "def f(x):\n    return x\n"
 

@@ -7,8 +7,7 @@ import torch
 
 from models.gpt2 import MLP
 from models.moe import MoE, MoEGPT, MoEGPTConfig
-
-from .moe_helpers import tiny_config
+from models.testing import tiny_config
 
 M = 32
 

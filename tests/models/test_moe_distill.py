@@ -9,8 +9,7 @@ import torch
 
 from models.errors import ModelConfigError
 from models.moe import MoEGPT, MoEGPTConfig, kd_loss, kd_weight, mos_loss, student_from_teacher
-
-from .moe_helpers import tiny_config
+from models.testing import tiny_config
 
 
 def test_kd_loss_by_hand():

@@ -11,8 +11,7 @@ import torch
 import models
 from models.errors import ModelConfigError
 from models.moe import MoE, MoEGPT, MoEGPTConfig
-
-from .moe_helpers import tiny_config
+from models.testing import tiny_config
 
 
 def _config(**moe) -> MoEGPTConfig:

@@ -9,8 +9,7 @@ import torch
 from models.errors import ModelConfigError
 from models.gpt2 import MLP
 from models.moe import MoE, routing_tensors
-
-from .moe_helpers import tiny_config
+from models.testing import tiny_config
 
 M = 32
 

@@ -10,8 +10,7 @@ import models
 from host.cli import main as tandem
 from models.errors import ModelConfigError
 from models.moe import MoEGPT, MoEGPTConfig, expert_usage, prune_experts
-
-from .moe_helpers import tiny_config, tiny_corpus
+from models.testing import patterned_corpus, tiny_config
 
 
 def _model(**moe) -> MoEGPT:
@@ -78,7 +77,7 @@ def test_pruning_refuses_keep_below_top_k():
 
 
 def test_prune_command_writes_a_smaller_checkpoint(tmp_path, capsys):
-    data = tiny_corpus(tmp_path / "data")
+    data = patterned_corpus(tmp_path / "data")
     _model().save_pretrained(tmp_path / "moe")
     code = tandem(["prune-experts", "--model", str(tmp_path / "moe"), "--data", str(data),
                    "--out", str(tmp_path / "small"), "--keep", "3", "--batches", "2"])

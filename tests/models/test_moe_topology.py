@@ -19,8 +19,9 @@ from models.moe import (
     topology_aux_loss,
 )
 from models.moe.topology import _step_us
+from models.testing import tiny_config
 
-from .moe_helpers import tiny_config, write_json
+from .moe_helpers import write_json
 
 
 def _two_ranks(local_gbps=100.0, remote_gbps=25.0, remote_latency_us=0.0) -> Topology:

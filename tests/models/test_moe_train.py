@@ -14,10 +14,9 @@ from host.cli import main as tandem
 from models.errors import CheckpointError
 from models.gpt2 import GPT2LMHead
 from models.moe import MoEGPT
+from models.testing import patterned_corpus
 from models.train import TrainConfig, train
 from models.train.trainer import STATE_FILE, build_model, init_weights
-
-from .moe_helpers import tiny_corpus
 
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "block_size": 16, "batch_size": 4,
         "max_steps": 6, "eval_interval": 3, "eval_batches": 2, "warmup_steps": 1}
@@ -27,7 +26,7 @@ MOE = {"moe_num_experts": 4, "moe_top_k": 1, "moe_capacity_factor": 0.75,
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return tiny_corpus(tmp_path_factory.mktemp("moe_corpus"))
+    return patterned_corpus(tmp_path_factory.mktemp("moe_corpus"))
 
 
 def _log(run_dir):

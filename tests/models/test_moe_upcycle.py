@@ -10,8 +10,7 @@ import models
 from host.cli import main as tandem
 from models.gpt2 import GPT2LMHead
 from models.moe import MoEGPT, upcycle
-
-from .moe_helpers import tiny_config
+from models.testing import tiny_config
 
 
 def _dense(seed=0) -> GPT2LMHead:

@@ -13,8 +13,7 @@ from models.errors import ModelConfigError
 from models.gpt2 import GPT2LMHead
 from models.moe.moe_gpt import MoEGPT, MoEGPTConfig
 from models.random_ltd import RandomLTD, RandomLTDSchedule, attach, detach, subset_forward
-
-from .moe_helpers import tiny_config
+from models.testing import tiny_config
 
 
 def test_schedule_hand_computed():

@@ -26,8 +26,7 @@ from host.runtime.rtl.timing import compare
 from hw.config import load_config
 from hw.isa import OPCODES
 from hw.perf import CATEGORIES
-
-from ..host.accel_helpers import hf_checkpoint
+from models.testing import hf_checkpoint
 
 pytestmark = [pytest.mark.rtl, pytest.mark.slow, pytest.mark.simulator("verilator")]
 
@@ -39,7 +38,7 @@ NEW_TOKENS = 8
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("e2e")
     # 1 layer, 2 heads of 16: the smallest model that still splits over 2 devices
-    return path, hf_checkpoint(path, 97, 24, 32, 1, 2)
+    return path, hf_checkpoint(path, vocab=97, n_pos=24, n_embd=32, n_layer=1, n_head=2)
 
 
 @pytest.fixture(scope="module")

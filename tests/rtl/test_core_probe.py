@@ -19,11 +19,9 @@ from hw.config import TINY
 from hw.isa import assemble
 from hw.isasim import IsaCluster
 from hw.layout import DESC
-from sim.toolchain import available_simulators
+from models.testing import hf_checkpoint
 
-from ..host.accel_helpers import hf_checkpoint
-
-pytestmark = [pytest.mark.rtl, pytest.mark.slow]
+pytestmark = [pytest.mark.rtl, pytest.mark.slow, pytest.mark.simulator("verilator")]
 
 # (vbuf start, words) of what the probe stores, and what produced it. The vbuf addresses of the
 # compiled program (embedding rows at 728, layernorm output at 1496, parameters at 0) are pinned
@@ -45,10 +43,8 @@ _STORE_BASE = 0x18000  # HBM bytes above the image
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
-    reason = available_simulators()["verilator"]
-    if reason:
-        pytest.skip(reason)
-    model = hf_checkpoint(tmp_path_factory.mktemp("probe"), 97, 24, 32, 1, 2)
+    model = hf_checkpoint(tmp_path_factory.mktemp("probe"), vocab=97, n_pos=24, n_embd=32,
+                          n_layer=1, n_head=2)
     compiled = compile_model(model, TINY)
     program = compiled.programs[0]
     cut = next(i for i, ins in enumerate(program) if ins.op == "MM")

@@ -12,8 +12,7 @@ import pytest
 from host.runtime import GenerationRequest, make_backend
 from host.runtime.cluster_backend import ClusterBackend
 from hw.config import load_config
-
-from ..host.accel_helpers import hf_checkpoint
+from models.testing import hf_checkpoint
 
 pytestmark = [pytest.mark.rtl, pytest.mark.slow, pytest.mark.simulator("verilator")]
 
@@ -26,7 +25,8 @@ HBM_RATE, LINK_RATE, SEED = 160, 128, 7  # out of 256: ~37% and 50% of handshake
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     # the e2e test's model: 1 layer, 2 heads of 16, split over 2 devices
-    model = hf_checkpoint(tmp_path_factory.mktemp("stalls"), 97, 24, 32, 1, 2)
+    model = hf_checkpoint(tmp_path_factory.mktemp("stalls"), vocab=97, n_pos=24, n_embd=32,
+                          n_layer=1, n_head=2)
     request = GenerationRequest(list(PROMPT), NEW_TOKENS)
     isa = ClusterBackend(model, load_config("tiny", DEVICES))
     isa_steps = list(isa.stream(request))

@@ -16,8 +16,7 @@ import torch
 from host.runtime import GenerationRequest, make_backend
 from host.runtime.cluster_backend import ClusterBackend
 from hw.config import load_config
-
-from ..host.test_moe_fpga import moe_checkpoint
+from models.testing import moe_checkpoint
 
 pytestmark = [pytest.mark.rtl, pytest.mark.slow, pytest.mark.simulator("verilator")]
 
