@@ -75,12 +75,12 @@ class Asm:
 
 def _layernorm(asm: Asm, plan: Plan, src: Operand, dst: Operand, gamma: int, beta: int):
     """`hw.numerics.layernorm`'s sequence, one instruction per unit operation."""
-    cp = plan.cp
+    cp = plan.hidden_padded
     inv_n = 1.0 / plan.shape.n_embd
     asm.emit("VSUM", sd=1, a=src, len=_o(cp), comment="layernorm: sum")
     asm.emit("SMULI", sd=2, sa=1, imm=inv_n, comment="mean")
     asm.emit("VADDS", dst=dst, a=src, s=2, len=_o(cp), flags={"neg"}, comment="centre")
-    if plan.gaps:
+    if plan.has_gaps:
         asm.emit("VMUL", dst=dst, a=dst, b=_o(plan.vbuf["cmask"].offset), len=_o(cp),
                  comment="zero the layout's gaps")
     asm.emit("VDOT", sd=3, a=dst, b=dst, len=_o(cp), comment="sum of squares")
@@ -122,24 +122,25 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
     hbm = {k: r.offset for k, r in plan.hbm.items()}
     lay = {k: r.offset for k, r in plan.layer_regions.items()}
     kvr = {k: r.offset for k, r in plan.kv_regions.items()}
-    par = {k: vb["par"] + r.offset for k, r in plan.par.items()}
-    cp, hp, ip, hdp = plan.cp, plan.hp, plan.ip, plan.hdp
+    par = {k: vb["par"] + r.offset for k, r in plan.params.items()}
+    cp, hp, ip, hdp = plan.hidden_padded, plan.heads_padded, plan.mlp_padded, plan.head_dim_padded
+    tp = plan.positions_padded
     hl = plan.head_counts[device]  # this device's heads
-    head0 = device * plan.heads_local  # its first head slot in the gathered heads
-    c_rows, i_rows = plan.c_counts[device], plan.i_counts[device]  # its output columns
+    head0 = device * plan.slot_heads  # its first head slot in the gathered heads
+    c_rows, i_rows = plan.hidden_counts[device], plan.mlp_counts[device]  # its output columns
     qkv_rows = plan.qkv_rows_of(device)
     qkv_stride = plan.qkv_rows
     out_tokens = DESC.out_tokens(plan.shape.n_positions)
     head = hbm["wte"] if plan.shape.tied_head else hbm["lm_head"]
-    wte_slice = head + (device * plan.vocab_local // cfg.hbm_ports) * plan.ldb_c * beat
+    wte_slice = head + (device * plan.vocab_slot // cfg.hbm_ports) * plan.ldb_hidden * beat
     a = Asm()
 
     # the four weight matrices of a layer, as (region, ldb, rows, cols)
-    mats = {"c_attn": (plan.ldb_c, qkv_rows, cp), "c_proj": (plan.ldb_h, c_rows, hp),
-            "c_fc": (plan.ldb_c, i_rows, cp), "c_fcproj": (plan.ldb_i, c_rows, ip)}
+    mats = {"c_attn": (plan.ldb_hidden, qkv_rows, cp), "c_proj": (plan.ldb_heads, c_rows, hp),
+            "c_fc": (plan.ldb_hidden, i_rows, cp), "c_fcproj": (plan.ldb_mlp, c_rows, ip)}
     moe = plan.moe
     if moe is not None:
-        mats["gate"] = (plan.ldb_c, moe.experts, cp)
+        mats["gate"] = (plan.ldb_hidden, moe.experts, cp)
 
     def branch_if_moe(target: str):
         if moe is not None:
@@ -156,7 +157,7 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
         prefetch(name, base=R_TMP, comment=f"{name} of layer 0, next pass")
 
     def prefetch_head():
-        a.emit("PREFETCH", w=_o(wte_slice), ldb=plan.ldb_c, rows=_o(plan.vocab_rows[device]),
+        a.emit("PREFETCH", w=_o(wte_slice), ldb=plan.ldb_hidden, rows=_o(plan.vocab_rows[device]),
                cols=_o(cp), comment="LM head slice")
 
     def branch_unless_more_layers(target: str):
@@ -194,9 +195,9 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
     a.emit("LDR", rd=R_MAXNEW, addr=_o(DESC.MAX_NEW))
     a.emit("LI", rd=R_NOUT, imm=0)
     a.emit("LOADV", dst=_o(vb["lnf"]), src=_o(hbm["lnf"]), len=_o(2 * cp))
-    if plan.gaps:
+    if plan.has_gaps:
         a.emit("LOADV", dst=_o(vb["cmask"]), src=_o(hbm["cmask"]), len=_o(cp))
-    a.emit("SLI", sd=S_QSCALE, imm=1.0 / math.sqrt(plan.hd), comment="1/sqrt(head_dim)")
+    a.emit("SLI", sd=S_QSCALE, imm=1.0 / math.sqrt(plan.head_dim), comment="1/sqrt(head_dim)")
     a.emit("LI", rd=R_WL, imm=hbm["layers"])
     if moe is not None:
         a.emit("SLI", sd=S_NINF, imm=float("-inf"), comment="masks a chosen expert")
@@ -208,7 +209,7 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
     a.emit("LI", rd=R_N, imm=1)
     a.emit("SUB", rd=R_TMP, ra=R_NPROMPT, rb=R_POS, comment="prompt tokens left")
     a.emit("BGE", ra=0, rb=R_TMP, target="embed", comment="none: decode one token")
-    a.emit("LI", rd=R_N, imm=plan.chunk)
+    a.emit("LI", rd=R_N, imm=plan.prefill_chunk)
     a.emit("MIN", rd=R_N, ra=R_N, rb=R_TMP)
     a.label("embed")
 
@@ -218,9 +219,9 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
         a.emit("MULI", rd=R_TMP, ra=R_T, imm=4)
         a.emit("LDR", rd=R_TOK, addr=_o(DESC.PROMPT, R_TMP), comment="prompt token")
         a.label("embed_generated")
-        a.emit("LOADR", dst=_o(vb["x"], R_XO), mat=_o(hbm["wte"]), ldb=plan.ldb_c,
+        a.emit("LOADR", dst=_o(vb["x"], R_XO), mat=_o(hbm["wte"]), ldb=plan.ldb_hidden,
                row=_o(0, R_TOK), len=_o(cp))
-        a.emit("LOADR", dst=_o(vb["tmp"]), mat=_o(hbm["wpe"]), ldb=plan.ldb_c,
+        a.emit("LOADR", dst=_o(vb["tmp"]), mat=_o(hbm["wpe"]), ldb=plan.ldb_hidden,
                row=_o(0, R_T), len=_o(cp))
         a.emit("VADD", dst=_o(vb["x"], R_XO), a=_o(vb["x"], R_XO), b=_o(vb["tmp"]),
                len=_o(cp))
@@ -241,7 +242,7 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
         a, plan, _o(vb["x"], R_XO), _o(vb["h"], R_XO), par["ln1_g"], par["ln1_b"]),
         {R_XO: cp})
     a.emit("MM", dst=_o(vb["qkv"]), src=_o(vb["h"]), w=_o(lay["c_attn"], R_WL),
-           ldb=plan.ldb_c, rows=_o(qkv_rows), cols=_o(cp), ntok=_o(0, R_N),
+           ldb=plan.ldb_hidden, rows=_o(qkv_rows), cols=_o(cp), ntok=_o(0, R_N),
            dstride=qkv_stride, sstride=cp, bias=par["attn_b"], flags={"bias", "prefetched"},
            comment="QKV")
     branch_if_moe("qkv_moe")
@@ -260,9 +261,9 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
             v = vb["qkv"] + (2 * hl + h) * hdp
             a.emit("VMULS", dst=_o(q, R_QO), a=_o(q, R_QO), s=S_QSCALE, len=_o(hdp),
                    comment=f"scale q{h}")
-            a.emit("STORER", mat=_o(kvr[f"k{h}"], R_KV), ldb=plan.ldb_hd, row=_o(0, R_T),
+            a.emit("STORER", mat=_o(kvr[f"k{h}"], R_KV), ldb=plan.ldb_head_dim, row=_o(0, R_T),
                    src=_o(k, R_QO), len=_o(hdp), comment=f"append k{h}")
-            a.emit("STOREC", mat=_o(kvr[f"v{h}"], R_KV), ldb=plan.ldb_t, col=_o(0, R_T),
+            a.emit("STOREC", mat=_o(kvr[f"v{h}"], R_KV), ldb=plan.ldb_positions, col=_o(0, R_T),
                    src=_o(v, R_QO), len=_o(hdp), comment=f"append v{h} (transposed)")
 
     _token_loop(a, "kv_loop", kv_append, {R_QO: qkv_stride})
@@ -271,30 +272,30 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
         a.emit("ADD", rd=R_T, ra=R_POS, rb=R_J)
         a.emit("ADDI", rd=R_T, ra=R_T, imm=1, comment="keys visible to this token")
         for h in range(hl):
-            a.emit("MM", dst=_o(vb["scores"] + h * plan.tp), src=_o(vb["qkv"] + h * hdp, R_QO),
-                   w=_o(kvr[f"k{h}"], R_KV), ldb=plan.ldb_hd, rows=_o(0, R_T), cols=_o(hdp),
-                   ntok=_o(1), dstride=plan.tp, sstride=hdp, flags={"mask"},
+            a.emit("MM", dst=_o(vb["scores"] + h * tp), src=_o(vb["qkv"] + h * hdp, R_QO),
+                   w=_o(kvr[f"k{h}"], R_KV), ldb=plan.ldb_head_dim, rows=_o(0, R_T), cols=_o(hdp),
+                   ntok=_o(1), dstride=tp, sstride=hdp, flags={"mask"},
                    comment=f"scores head {h}")
         for h in range(hl):
-            _softmax(a, _o(vb["scores"] + h * plan.tp), _o(0, R_T))
+            _softmax(a, _o(vb["scores"] + h * tp), _o(0, R_T))
         for h in range(hl):
             head = head0 + h
-            a.emit("MM", dst=_o(vb["att"] + head * hdp, R_AO), src=_o(vb["scores"] + h * plan.tp),
-                   w=_o(kvr[f"v{h}"], R_KV), ldb=plan.ldb_t, rows=_o(hdp), cols=_o(0, R_T),
-                   ntok=_o(1), dstride=hdp, sstride=plan.tp, comment=f"attention head {h}")
+            a.emit("MM", dst=_o(vb["att"] + head * hdp, R_AO), src=_o(vb["scores"] + h * tp),
+                   w=_o(kvr[f"v{h}"], R_KV), ldb=plan.ldb_positions, rows=_o(hdp), cols=_o(0, R_T),
+                   ntok=_o(1), dstride=hdp, sstride=tp, comment=f"attention head {h}")
 
     _token_loop(a, "attn_loop", attention, {R_QO: qkv_stride, R_AO: hp})
-    a.emit("ALLGATHER", base=_o(vb["att"]), slice=plan.heads_local * hdp, stride=hp,
+    a.emit("ALLGATHER", base=_o(vb["att"]), slice=plan.slot_heads * hdp, stride=hp,
            count=_o(0, R_N))
-    a.emit("MM", dst=_o(vb["y"] + device * plan.c_lp), src=_o(vb["att"]),
-           w=_o(lay["c_proj"], R_WL), ldb=plan.ldb_h, rows=_o(c_rows), cols=_o(hp),
+    a.emit("MM", dst=_o(vb["y"] + device * plan.hidden_slot), src=_o(vb["att"]),
+           w=_o(lay["c_proj"], R_WL), ldb=plan.ldb_heads, rows=_o(c_rows), cols=_o(hp),
            ntok=_o(0, R_N), dstride=cp, sstride=hp, bias=par["proj_b"],
            flags={"bias", "prefetched"}, comment="attention projection")
     branch_if_moe("proj_moe")  # an MoE block knows its experts only after the router
     prefetch("c_fcproj")
     if moe is not None:
         a.label("proj_moe")
-    a.emit("ALLGATHER", base=_o(vb["y"]), slice=plan.c_lp, stride=cp, count=_o(0, R_N))
+    a.emit("ALLGATHER", base=_o(vb["y"]), slice=plan.hidden_slot, stride=cp, count=_o(0, R_N))
 
     def residual_ln2():
         x = _o(vb["x"], R_XO)
@@ -303,19 +304,19 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
 
     _token_loop(a, "ln2_loop", residual_ln2, {R_XO: cp})
     branch_if_moe("moe_ffn")
-    a.emit("MM", dst=_o(vb["m"] + device * plan.i_lp), src=_o(vb["h"]),
-           w=_o(lay["c_fc"], R_WL), ldb=plan.ldb_c, rows=_o(i_rows), cols=_o(cp),
+    a.emit("MM", dst=_o(vb["m"] + device * plan.mlp_slot), src=_o(vb["h"]),
+           w=_o(lay["c_fc"], R_WL), ldb=plan.ldb_hidden, rows=_o(i_rows), cols=_o(cp),
            ntok=_o(0, R_N), dstride=ip, sstride=cp, bias=par["fc_b"],
            flags={"bias", "prefetched"}, comment="MLP up")
     # two ahead: the next layer's QKV, else the LM head, else the next pass's first QKV
     prefetch_two_ahead("up", "c_attn", lambda done: prefetch_head(),
                        lambda: prefetch_first_layer("c_attn"))
-    m_local = vb["m"] + device * plan.i_lp
+    m_local = vb["m"] + device * plan.mlp_slot
     _token_loop(a, "gelu_loop", lambda: a.emit(
-        "VGELU", dst=_o(m_local, R_AO), a=_o(m_local, R_AO), len=_o(plan.i_lp)), {R_AO: ip})
-    a.emit("ALLGATHER", base=_o(vb["m"]), slice=plan.i_lp, stride=ip, count=_o(0, R_N))
-    a.emit("MM", dst=_o(vb["y"] + device * plan.c_lp), src=_o(vb["m"]),
-           w=_o(lay["c_fcproj"], R_WL), ldb=plan.ldb_i, rows=_o(c_rows), cols=_o(ip),
+        "VGELU", dst=_o(m_local, R_AO), a=_o(m_local, R_AO), len=_o(plan.mlp_slot)), {R_AO: ip})
+    a.emit("ALLGATHER", base=_o(vb["m"]), slice=plan.mlp_slot, stride=ip, count=_o(0, R_N))
+    a.emit("MM", dst=_o(vb["y"] + device * plan.hidden_slot), src=_o(vb["m"]),
+           w=_o(lay["c_fcproj"], R_WL), ldb=plan.ldb_mlp, rows=_o(c_rows), cols=_o(ip),
            ntok=_o(0, R_N), dstride=cp, sstride=ip, bias=par["fcproj_b"],
            flags={"bias", "prefetched"}, comment="MLP down")
     # two ahead: the next layer's projection; after the last layer, the next pass's first
@@ -326,7 +327,7 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
         prefetch_first_layer("c_attn")
 
     prefetch_two_ahead("down", "c_proj", head_pass, lambda: prefetch_first_layer("c_proj"))
-    a.emit("ALLGATHER", base=_o(vb["y"]), slice=plan.c_lp, stride=cp, count=_o(0, R_N))
+    a.emit("ALLGATHER", base=_o(vb["y"]), slice=plan.hidden_slot, stride=cp, count=_o(0, R_N))
     _token_loop(a, "res2_loop", lambda: a.emit(
         "VADD", dst=_o(vb["x"], R_XO), a=_o(vb["x"], R_XO), b=_o(vb["y"], R_XO), len=_o(cp),
         comment="residual"), {R_XO: cp})
@@ -348,15 +349,15 @@ def generate_program(plan: Plan, device: int) -> tuple[list[Instr], dict[str, in
     a.emit("ADDI", rd=R_TMP, ra=R_N, imm=-1)
     a.emit("MULI", rd=R_TMP, ra=R_TMP, imm=cp, comment="last token of the pass")
     _layernorm(a, plan, _o(vb["x"], R_TMP), _o(vb["head_in"]), vb["lnf"], vb["lnf"] + cp)
-    a.emit("MM", dst=_o(vb["logits"]), src=_o(vb["head_in"]), w=_o(wte_slice), ldb=plan.ldb_c,
+    a.emit("MM", dst=_o(vb["logits"]), src=_o(vb["head_in"]), w=_o(wte_slice), ldb=plan.ldb_hidden,
            rows=_o(plan.vocab_rows[device]), cols=_o(cp), ntok=_o(1),
-           dstride=plan.vocab_local, sstride=cp, flags={"mask", "prefetched"}, comment="LM head")
+           dstride=plan.vocab_slot, sstride=cp, flags={"mask", "prefetched"}, comment="LM head")
     branch_unless_another_token("head_done")
     a.emit("LI", rd=R_WL, imm=hbm["layers"])
     prefetch("c_proj", comment="c_proj of layer 0, next pass")
     a.label("head_done")
     a.emit("ARGMAX", rd=R_TOK, sd=S_ARGMAX, a=_o(vb["logits"]),
-           len=_o(plan.vocab_rows[device]), base=_o(device * plan.vocab_local))
+           len=_o(plan.vocab_rows[device]), base=_o(device * plan.vocab_slot))
     a.emit("ARGMAXALL", rd=R_TOK, sd=S_ARGMAX, comment="greedy token, across the ring")
     a.emit("MULI", rd=R_TMP, ra=R_NOUT, imm=4)
     a.emit("TOKOUT", ra=R_TOK, addr=_o(out_tokens, R_TMP))
@@ -377,11 +378,12 @@ def _moe_ffn(a: Asm, plan: Plan, device: int, prefetch_two_ahead, prefetch_head,
     vb = {k: r.offset for k, r in plan.vbuf.items()}
     lay = {k: r.offset for k, r in plan.layer_regions.items()}
     ex = {k: lay["experts"] + r.offset for k, r in moe.expert_regions.items()}
-    cp, E, ep, d = plan.cp, moe.experts, moe.ep, plan.devices
+    cp, E, ep, d = plan.hidden_padded, moe.experts, moe.router_padded, plan.devices
+    ehp = moe.expert_hidden_padded
     row = d * cp  # one token's D slots
     mine = vb["moe_y"] + device * cp
     a.emit("MM", dst=_o(vb["glog"]), src=_o(vb["h"]), w=_o(lay["gate"], R_WL),
-           ldb=plan.ldb_c, rows=_o(E), cols=_o(cp), ntok=_o(0, R_N), dstride=ep, sstride=cp,
+           ldb=plan.ldb_hidden, rows=_o(E), cols=_o(cp), ntok=_o(0, R_N), dstride=ep, sstride=cp,
            flags={"mask", "prefetched"}, comment="router logits")
 
     def expert(choice: int, r_e: int, s_w: int | None):
@@ -393,19 +395,19 @@ def _moe_ffn(a: Asm, plan: Plan, device: int, prefetch_two_ahead, prefetch_head,
         a.emit("BLT", ra=R_T, rb=0, target=skip, comment="held by another device")
         a.emit("MULI", rd=R_T, ra=R_T, imm=moe.expert_stride)
         a.emit("ADD", rd=R_T, ra=R_T, rb=R_WL, comment=f"choice {choice}: expert base")
-        a.emit("LOADV", dst=_o(vb["epar"]), src=_o(ex["epar"], R_T), len=_o(moe.ie_p + cp),
+        a.emit("LOADV", dst=_o(vb["epar"]), src=_o(ex["epar"], R_T), len=_o(ehp + cp),
                comment="expert biases")
-        a.emit("PREFETCH", w=_o(ex["e_fc"], R_T), ldb=plan.ldb_c, rows=_o(moe.ie_p),
+        a.emit("PREFETCH", w=_o(ex["e_fc"], R_T), ldb=plan.ldb_hidden, rows=_o(ehp),
                cols=_o(cp), comment="expert up")
-        a.emit("PREFETCH", w=_o(ex["e_proj"], R_T), ldb=moe.ldb_ie, rows=_o(cp),
-               cols=_o(moe.ie_p), comment="expert down")
+        a.emit("PREFETCH", w=_o(ex["e_proj"], R_T), ldb=moe.ldb_expert_hidden, rows=_o(cp),
+               cols=_o(ehp), comment="expert down")
         a.emit("MM", dst=_o(vb["em"]), src=_o(vb["h"], R_XO), w=_o(ex["e_fc"], R_T),
-               ldb=plan.ldb_c, rows=_o(moe.ie_p), cols=_o(cp), ntok=_o(1), dstride=moe.ie_p,
+               ldb=plan.ldb_hidden, rows=_o(ehp), cols=_o(cp), ntok=_o(1), dstride=ehp,
                sstride=cp, bias=vb["epar"], flags={"bias", "prefetched"}, comment="expert up")
-        a.emit("VGELU", dst=_o(vb["em"]), a=_o(vb["em"]), len=_o(moe.ie_p))
+        a.emit("VGELU", dst=_o(vb["em"]), a=_o(vb["em"]), len=_o(ehp))
         a.emit("MM", dst=_o(vb["ey"]), src=_o(vb["em"]), w=_o(ex["e_proj"], R_T),
-               ldb=moe.ldb_ie, rows=_o(cp), cols=_o(moe.ie_p), ntok=_o(1), dstride=cp,
-               sstride=moe.ie_p, bias=vb["epar"] + moe.ie_p, flags={"bias", "prefetched"},
+               ldb=moe.ldb_expert_hidden, rows=_o(cp), cols=_o(ehp), ntok=_o(1), dstride=cp,
+               sstride=ehp, bias=vb["epar"] + ehp, flags={"bias", "prefetched"},
                comment="expert down")
         if s_w is not None:
             a.emit("VMULS", dst=_o(vb["ey"]), a=_o(vb["ey"]), s=s_w, len=_o(cp),

@@ -37,23 +37,44 @@ __all__ = ["MoEPlan", "measure_expert_loads", "plan_moe", "scalar_tables"]
 
 @dataclass
 class MoEPlan:
-    experts: int  # E, per MoE block
-    top_k: int  # experts per token (1 or 2)
-    renormalize: bool  # combine weights renormalised over the chosen experts
-    layers: list[int]  # indices of the MoE blocks
-    ie: int  # an expert's hidden width
-    ie_p: int  # ... padded to align
-    ldb_ie: int  # beats per row of an expert's down projection
-    ep: int  # router logits per token, padded to align
-    slots: int  # expert slots per device in each MoE block
-    expert_device: dict[int, list[int]] = field(default_factory=dict)  # layer -> device of e
-    expert_slot: dict[int, list[int]] = field(default_factory=dict)  # layer -> slot of e
-    placement_step_us: dict[int, float] = field(default_factory=dict)  # the model's step time
-    expert_loads: dict[int, list[float]] = field(default_factory=dict)  # what placement used
-    expert_regions: dict[str, object] = field(default_factory=dict)  # offsets in an expert
-    expert_stride: int = 0  # bytes per channel of one expert slot
-    kind_table: int = 0  # scalar-area byte offset: int32 per layer, 1 for MoE blocks
-    slot_table: int = 0  # scalar-area byte offset: int32 per (layer, expert), -1 if remote
+    """Where the experts of every MoE block live, and the layouts their programs use."""
+
+    experts: int
+    """E, experts per MoE block."""
+    top_k: int
+    """Experts per token (1 or 2)."""
+    renormalize: bool
+    """The combine weights are renormalised over the chosen experts (else the router's
+    softmax over all E)."""
+    layers: list[int]
+    """Indices of the MoE blocks."""
+    expert_hidden: int
+    """An expert's hidden width (the dense MLP's, n_inner)."""
+    expert_hidden_padded: int
+    """`expert_hidden` rounded up to whole beats: the rows of an expert's up projection."""
+    ldb_expert_hidden: int
+    """Beats per row of an expert's down projection (rows are expert hidden vectors)."""
+    router_padded: int
+    """Router logits per token, rounded up to whole beats: the stride between tokens' logits."""
+    slots_per_device: int
+    """Expert slots per device in each MoE block, ceil(E / devices)."""
+    expert_device: dict[int, list[int]] = field(default_factory=dict)
+    """layer -> the device of each expert."""
+    expert_slot: dict[int, list[int]] = field(default_factory=dict)
+    """layer -> each expert's slot on its device."""
+    placement_step_us: dict[int, float] = field(default_factory=dict)
+    """layer -> the ring cost model's step time for the chosen placement."""
+    expert_loads: dict[int, list[float]] = field(default_factory=dict)
+    """layer -> the tokens per expert the placement used."""
+    expert_regions: dict[str, object] = field(default_factory=dict)
+    """Offsets inside one expert slot (biases, up and down projections)."""
+    expert_stride: int = 0
+    """Bytes per channel of one expert slot."""
+    kind_table: int = 0
+    """Scalar-area byte offset of the layer kinds: an int32 per layer, 1 for MoE blocks."""
+    slot_table: int = 0
+    """Scalar-area byte offset of the local slots: an int32 per (layer, expert), -1 where
+    another device holds the expert."""
 
     def local_experts(self, layer: int, device: int) -> list[int]:
         """Experts of `layer` held by `device`, in slot order."""
@@ -64,8 +85,9 @@ class MoEPlan:
     def summary(self) -> dict:
         return {
             "experts": self.experts, "top_k": self.top_k, "renormalize": self.renormalize,
-            "layers": self.layers, "expert_hidden": self.ie, "expert_hidden_padded": self.ie_p,
-            "slots_per_device": self.slots, "expert_stride": self.expert_stride,
+            "layers": self.layers, "expert_hidden": self.expert_hidden,
+            "expert_hidden_padded": self.expert_hidden_padded,
+            "slots_per_device": self.slots_per_device, "expert_stride": self.expert_stride,
             "kind_table": self.kind_table, "slot_table": self.slot_table,
             "placement": {str(layer): {"expert_device": self.expert_device[layer],
                                        "expert_slot": self.expert_slot[layer],
@@ -97,10 +119,12 @@ def plan_moe(shape, config: AccelConfig, expert_loads: dict | None = None) -> Mo
 
     d, a = config.devices, config.align
     E, k = shape.moe_experts, shape.moe_top_k
-    ie_p = round_up(shape.n_inner, a)
+    hidden_padded = round_up(shape.n_inner, a)
     m = MoEPlan(experts=E, top_k=k, renormalize=shape.moe_renormalize,
-                layers=list(shape.moe_layers), ie=shape.n_inner, ie_p=ie_p,
-                ldb_ie=ie_p // config.lane_width, ep=round_up(E, a), slots=ceil_div(E, d))
+                layers=list(shape.moe_layers), expert_hidden=shape.n_inner,
+                expert_hidden_padded=hidden_padded,
+                ldb_expert_hidden=hidden_padded // config.lane_width,
+                router_padded=round_up(E, a), slots_per_device=ceil_div(E, d))
     topology = Topology.ring(d, link_gbps=config.ring_gbps,
                              hop_latency_us=config.ring_hop_latency_ns / 1e3,
                              local_gbps=config.hbm_peak_gbps)
@@ -114,7 +138,8 @@ def plan_moe(shape, config: AccelConfig, expert_loads: dict | None = None) -> Mo
             raise CompileError(f"expert_loads of block {layer} must be {E} counts >= 0, "
                                f"not {loads}")
         placement = place_experts(topology, loads, bytes_per_token=2 * shape.n_embd,
-                                  slots_per_rank=m.slots, compute_us_per_token=compute_us)
+                                  slots_per_rank=m.slots_per_device,
+                                  compute_us_per_token=compute_us)
         owners = placement.expert_rank
         slot = [0] * E
         for dev in range(d):

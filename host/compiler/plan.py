@@ -11,10 +11,11 @@ A vector of n values (the hidden vector, n = C; the MLP's, n = I) is split in wh
 `align` = max(lane_width, vector_width) values: its ceil(n / align) beats go to the devices
 as evenly as they divide, the first devices taking one more, so only the last device's last
 beat can be partial. Each device's share sits in a slot of the largest share's size, because
-ALLGATHER moves the same `slice` from every device: the hidden vector is D slots of `c_lp`
-words (`cp` = D * c_lp), the MLP's D slots of `i_lp` (`ip` = D * i_lp), the heads D slots of
-`heads_local` heads (each head's q/k/v/output padded from `hd` to `hdp`: `hp` =
-D * heads_local * hdp). A device whose share is smaller leaves the end of its slot zero: it
+ALLGATHER moves the same `slice` from every device: the hidden vector is D slots of
+`hidden_slot` words (`hidden_padded` = D * hidden_slot), the MLP's D slots of `mlp_slot`
+(`mlp_padded` = D * mlp_slot), the heads D slots of `slot_heads` heads (each head's
+q/k/v/output padded from `head_dim` to `head_dim_padded`: `heads_padded` = D * slot_heads *
+head_dim_padded). A device whose share is smaller leaves the end of its slot zero: it
 never writes there, and zero weight rows and columns in the images keep it zero. LayerNorm
 multiplies its centred vector by `cmask` (1 for values, 0 for gaps) when gaps exist, so they
 never reach a variance.
@@ -41,7 +42,12 @@ from hw.layout import DESC, matrix_bytes_per_channel, vector_bytes_per_channel
 from .errors import CompileError
 from .moe import MoEPlan, plan_moe
 
-__all__ = ["ModelShape", "Plan", "make_plan", "slot_positions", "split_counts"]
+__all__ = ["SCALAR_WORD_BYTES", "ModelShape", "Plan", "make_plan", "slot_positions",
+           "split_counts"]
+
+#: Bytes of one word of channel 0's scalar area: every field of the job descriptor
+#: (`hw.layout.DESC`), prompt and output token and MoE table entry is an int32.
+SCALAR_WORD_BYTES = 4
 
 
 def split_counts(n: int, parts: int) -> list[int]:
@@ -146,42 +152,99 @@ class Region:
 
 @dataclass
 class Plan:
+    """Where every part of the model lives on every device: the partition, the padded
+    layouts of the vectors, and the vector-buffer and HBM allocations.
+
+    Sizes are in values (FP16 words) unless they say otherwise. The per-device sizes
+    (`slot_heads`, `hidden_share`, `mlp_share`, `vocab_slot`) are device 0's, the largest
+    share; every device's program and image is laid out in slots of that size."""
+
     shape: ModelShape
+    """The model being mapped."""
     config: AccelConfig
-    # partition (per device); heads_local, c_l and i_l are the largest shares
-    heads_local: int
-    hd: int
-    hdp: int
-    c_l: int
-    c_lp: int
-    cp: int
-    i_l: int
-    i_lp: int
-    ip: int
-    hp: int  # all heads, padded: n_head * hdp
-    qkv_rows: int  # 3 * heads_local * hdp
-    tp: int  # n_positions padded to align
-    vocab_local: int  # wte rows per device slice (a multiple of the port count)
-    vocab_rows: list[int]  # real vocabulary rows on each device
-    head_counts: list[int]  # heads on each device
-    c_counts: list[int]  # hidden-vector values (rows of c_proj, c_fcproj) on each device
-    i_counts: list[int]  # MLP values (rows of c_fc) on each device
-    chunk: int  # most tokens one pass processes (prefill chunk)
-    gaps: bool  # padded layouts contain gaps (LayerNorm needs cmask)
-    # beats per row of each matrix
-    ldb_c: int
-    ldb_h: int
-    ldb_i: int
-    ldb_hd: int
-    ldb_t: int
+    """The accelerator it is mapped onto (devices, lanes, HBM, vector buffer)."""
+
+    # -- the partition and the padded layouts (see the module docstring) --
+    slot_heads: int
+    """Heads in each device's slot of the gathered head outputs: device 0's share, the
+    largest. Also the number of K/V regions in a device's KV layer."""
+    head_dim: int
+    """Values per head (n_embd / n_head)."""
+    head_dim_padded: int
+    """`head_dim` rounded up to whole beats: the stride between heads in every layout (q, k,
+    v, the head outputs, the KV cache rows)."""
+    hidden_share: int
+    """Hidden-vector values on device 0, the largest share: the rows of its attention
+    projection and MLP-down slices."""
+    hidden_slot: int
+    """Words of each device's slot in the hidden-vector layout (`hidden_share` rounded up to
+    whole beats): the slice each device contributes to an ALLGATHER of the hidden vector."""
+    hidden_padded: int
+    """Words of the whole hidden vector in its slotted layout: devices * `hidden_slot`. The
+    length of every hidden-vector operation and the columns of every matrix that reads it."""
+    mlp_share: int
+    """MLP values on device 0, the largest share: the rows of its MLP-up slice."""
+    mlp_slot: int
+    """Words of each device's slot in the MLP vector's layout (`mlp_share` in whole beats)."""
+    mlp_padded: int
+    """Words of the whole MLP vector in its slotted layout: devices * `mlp_slot`."""
+    heads_padded: int
+    """Words of all heads' outputs in their slotted layout: devices * `slot_heads` *
+    `head_dim_padded`; the columns of the attention projection."""
+    qkv_rows: int
+    """Rows of device 0's QKV slice, 3 * `slot_heads` * `head_dim_padded`: the stride between
+    tokens in the QKV buffer (every device uses device 0's, so the programs agree)."""
+    positions_padded: int
+    """n_positions rounded up to whole beats: the stride between heads' score rows and the
+    row length of the transposed V cache."""
+    vocab_slot: int
+    """Rows of the LM head in each device's slice (a multiple of the HBM port count); device
+    d's slice starts at row d * `vocab_slot` and its logits at that index."""
+    vocab_rows: list[int]
+    """Real vocabulary rows on each device (the last device's may be fewer)."""
+    head_counts: list[int]
+    """Heads on each device."""
+    hidden_counts: list[int]
+    """Hidden-vector values (rows of c_proj and of the MLP down projection) on each device."""
+    mlp_counts: list[int]
+    """MLP values (rows of c_fc) on each device."""
+    prefill_chunk: int
+    """The most tokens one pass processes: the prefill chunk, as many tokens' buffers as fit
+    in the vector buffer (a power of two, at most max_chunk and n_positions)."""
+    has_gaps: bool
+    """The slotted layouts contain gaps (zero words between devices' shares), so LayerNorm
+    multiplies by `cmask` to keep them out of the variance."""
+
+    # -- leading dimensions: beats per row of each kind of matrix (the ISA's `ldb`) --
+    ldb_hidden: int
+    """Beats per row of a matrix whose rows are hidden vectors (QKV, MLP up, wte, wpe)."""
+    ldb_heads: int
+    """Beats per row of the attention projection (rows are the gathered head outputs)."""
+    ldb_mlp: int
+    """Beats per row of the MLP down projection (rows are MLP vectors)."""
+    ldb_head_dim: int
+    """Beats per row of the K cache (one padded head per position)."""
+    ldb_positions: int
+    """Beats per row of the transposed V cache (one row per head value, over positions)."""
+
+    # -- allocations --
     vbuf: dict[str, Region] = field(default_factory=dict)
+    """Vector-buffer regions, in words (names listed in `_plan_vbuf`)."""
     hbm: dict[str, Region] = field(default_factory=dict)
-    layer_regions: dict[str, Region] = field(default_factory=dict)  # offsets inside a layer
-    kv_regions: dict[str, Region] = field(default_factory=dict)  # offsets inside a KV layer
+    """HBM regions, in bytes per channel at the same offset in every channel."""
+    layer_regions: dict[str, Region] = field(default_factory=dict)
+    """Offsets inside one layer's HBM region (bytes per channel)."""
+    kv_regions: dict[str, Region] = field(default_factory=dict)
+    """Offsets of each local head's K and transposed V inside one layer's KV region."""
     layer_stride: int = 0
+    """Bytes per channel between consecutive layers' regions."""
     kv_stride: int = 0
-    par: dict[str, Region] = field(default_factory=dict)  # parameter vector fields (words)
-    moe: MoEPlan | None = None  # expert placement and slots, for MoE-GPT
+    """Bytes per channel between consecutive layers' KV regions."""
+    params: dict[str, Region] = field(default_factory=dict)
+    """The fields of a layer's parameter vector (LayerNorms and biases), in words from the
+    start of the `par` vector-buffer region, in the order the HBM image stores them."""
+    moe: MoEPlan | None = None
+    """Expert placement and slots, for MoE-GPT; None for a dense model."""
 
     @property
     def devices(self) -> int:
@@ -191,22 +254,23 @@ class Plan:
         """The first (global) head of `device`."""
         return sum(self.head_counts[:device])
 
-    def c_start(self, device: int) -> int:
+    def hidden_start(self, device: int) -> int:
         """The first hidden-vector value (output column) of `device`."""
-        return sum(self.c_counts[:device])
+        return sum(self.hidden_counts[:device])
 
-    def i_start(self, device: int) -> int:
+    def mlp_start(self, device: int) -> int:
         """The first MLP value (output column of c_fc) of `device`."""
-        return sum(self.i_counts[:device])
+        return sum(self.mlp_counts[:device])
 
     def qkv_rows_of(self, device: int) -> int:
         """Rows of `device`'s QKV matrix: q, k and v of each of its heads, padded."""
-        return 3 * self.head_counts[device] * self.hdp
+        return 3 * self.head_counts[device] * self.head_dim_padded
 
     def summary(self) -> dict:
+        """The partition's sizes (every scalar and per-device field), and the memory used."""
         out = {k: v for k, v in asdict(self).items()
                if k not in ("shape", "config", "vbuf", "hbm", "layer_regions", "kv_regions",
-                            "par", "moe")}
+                            "params", "moe")}
         out["vbuf_words_used"] = max(r.offset + r.size for r in self.vbuf.values())
         out["hbm_bytes_per_channel"] = max(r.offset + r.size for r in self.hbm.values())
         if self.moe is not None:
@@ -216,6 +280,8 @@ class Plan:
 
 def make_plan(shape: ModelShape, config: AccelConfig, max_chunk: int = 128,
               expert_loads: dict | None = None) -> Plan:
+    """Partition `shape` over `config.devices` and allocate the vector buffer and HBM;
+    refuses with a `CompileError` what does not fit."""
     d = config.devices
     a = config.align
     w = config.lane_width
@@ -229,28 +295,31 @@ def make_plan(shape: ModelShape, config: AccelConfig, max_chunk: int = 128,
         raise CompileError(f"n_head ({shape.n_head}) is fewer than devices ({d}); attention "
                            "is split by heads, at least one per device")
     head_counts = split_counts(shape.n_head, d)
-    c_counts, c_lp = _split_beats(shape.n_embd, d, a, "n_embd")
-    i_counts, i_lp = _split_beats(shape.n_inner, d, a, "the MLP width")
-    hl = head_counts[0]
-    hd = shape.head_dim
-    hdp = round_up(hd, a)
-    c_l = c_counts[0]
-    i_l = i_counts[0]
-    vocab_local = round_up(ceil_div(shape.vocab_size, d), config.hbm_ports)
-    vocab_rows = [max(0, min(vocab_local, shape.vocab_size - k * vocab_local)) for k in range(d)]
+    hidden_counts, hidden_slot = _split_beats(shape.n_embd, d, a, "n_embd")
+    mlp_counts, mlp_slot = _split_beats(shape.n_inner, d, a, "the MLP width")
+    slot_heads = head_counts[0]
+    head_dim_padded = round_up(shape.head_dim, a)
+    vocab_slot = round_up(ceil_div(shape.vocab_size, d), config.hbm_ports)
+    vocab_rows = [max(0, min(vocab_slot, shape.vocab_size - k * vocab_slot)) for k in range(d)]
     if min(vocab_rows) == 0:
         raise CompileError(f"a vocabulary of {shape.vocab_size} cannot be split over {d} "
                            f"devices of {config.hbm_ports} ports; use fewer devices")
+    hidden_padded, mlp_padded = d * hidden_slot, d * mlp_slot
+    heads_padded = d * slot_heads * head_dim_padded
+    positions_padded = round_up(shape.n_positions, a)
     p = Plan(
-        shape=shape, config=config, heads_local=hl, hd=hd, hdp=hdp, c_l=c_l, c_lp=c_lp,
-        cp=d * c_lp, i_l=i_l, i_lp=i_lp, ip=d * i_lp, hp=d * hl * hdp,
-        qkv_rows=3 * hl * hdp, tp=round_up(shape.n_positions, a), vocab_local=vocab_local,
-        vocab_rows=vocab_rows, head_counts=head_counts, c_counts=c_counts, i_counts=i_counts,
-        chunk=0, gaps=(d * c_lp != shape.n_embd),
-        ldb_c=0, ldb_h=0, ldb_i=0, ldb_hd=0, ldb_t=0,
+        shape=shape, config=config, slot_heads=slot_heads, head_dim=shape.head_dim,
+        head_dim_padded=head_dim_padded, hidden_share=hidden_counts[0], hidden_slot=hidden_slot,
+        hidden_padded=hidden_padded, mlp_share=mlp_counts[0], mlp_slot=mlp_slot,
+        mlp_padded=mlp_padded, heads_padded=heads_padded,
+        qkv_rows=3 * slot_heads * head_dim_padded, positions_padded=positions_padded,
+        vocab_slot=vocab_slot, vocab_rows=vocab_rows, head_counts=head_counts,
+        hidden_counts=hidden_counts, mlp_counts=mlp_counts,
+        prefill_chunk=0,  # set by _plan_vbuf: what fits beside the fixed regions
+        has_gaps=(hidden_padded != shape.n_embd),
+        ldb_hidden=hidden_padded // w, ldb_heads=heads_padded // w, ldb_mlp=mlp_padded // w,
+        ldb_head_dim=head_dim_padded // w, ldb_positions=positions_padded // w,
     )
-    p.ldb_c, p.ldb_h, p.ldb_i = p.cp // w, p.hp // w, p.ip // w
-    p.ldb_hd, p.ldb_t = hdp // w, p.tp // w
     if shape.is_moe:
         p.moe = plan_moe(shape, config, expert_loads)
     _plan_vbuf(p, max_chunk)
@@ -259,26 +328,42 @@ def make_plan(shape: ModelShape, config: AccelConfig, max_chunk: int = 128,
 
 
 def _plan_vbuf(p: Plan, max_chunk: int) -> None:
+    """Lay out the vector buffer: the fixed regions, then as many tokens' buffers as fit
+    (`prefill_chunk`, a power of two).
+
+    Fixed regions: `par` a layer's parameter vector (fields in `Plan.params`), `lnf` the final
+    LayerNorm's gain and bias, `cmask` the layout's value mask, `tmp` a position embedding,
+    `scores` one token's attention scores per local head, `logits` this device's LM-head
+    slice, `head_in` the final LayerNorm of the last token. Per token: `x` the residual
+    stream, `h` a LayerNorm's output, `qkv` the local heads' q/k/v, `att` the gathered head
+    outputs, `y` a gathered projection, `m` the gathered MLP vector. MoE-GPT adds `gexp`
+    exp(logit - max) of the router, `gw` the chosen experts' combine weights, `zero` a zero
+    vector, `epar` an expert's biases, `em` and `ey` an expert's hidden and output vectors,
+    and per token `glog` the router logits and `moe_y` one slot per device for its experts'
+    weighted outputs."""
     cfg = p.config
     a = cfg.align
+    hidden = p.hidden_padded
     # parameter vector of one layer, in the order the HBM image stores it
-    par_fields = [("ln1_g", p.cp), ("ln1_b", p.cp), ("attn_b", p.qkv_rows), ("proj_b", p.c_lp),
-                  ("ln2_g", p.cp), ("ln2_b", p.cp), ("fc_b", p.i_lp), ("fcproj_b", p.c_lp)]
+    par_fields = [("ln1_g", hidden), ("ln1_b", hidden), ("attn_b", p.qkv_rows),
+                  ("proj_b", p.hidden_slot), ("ln2_g", hidden), ("ln2_b", hidden),
+                  ("fc_b", p.mlp_slot), ("fcproj_b", p.hidden_slot)]
     off = 0
     for name, size in par_fields:
-        p.par[name] = Region(off, size)
+        p.params[name] = Region(off, size)
         off += round_up(size, a)
     par_words = off
-    fixed = [("par", par_words), ("lnf", 2 * p.cp), ("cmask", p.cp), ("tmp", p.cp),
-             ("scores", p.heads_local * p.tp), ("logits", round_up(p.vocab_local, a)),
-             ("head_in", p.cp)]
-    per_token = [("x", p.cp), ("h", p.cp), ("qkv", p.qkv_rows), ("att", p.hp), ("y", p.cp),
-                 ("m", p.ip)]
+    fixed = [("par", par_words), ("lnf", 2 * hidden), ("cmask", hidden), ("tmp", hidden),
+             ("scores", p.slot_heads * p.positions_padded),
+             ("logits", round_up(p.vocab_slot, a)), ("head_in", hidden)]
+    per_token = [("x", hidden), ("h", hidden), ("qkv", p.qkv_rows), ("att", p.heads_padded),
+                 ("y", hidden), ("m", p.mlp_padded)]
     if p.moe is not None:  # router and expert work buffers; per token: logits, D slots
         m = p.moe
-        fixed += [("gexp", m.ep), ("gw", a), ("zero", p.cp), ("epar", m.ie_p + p.cp),
-                  ("em", m.ie_p), ("ey", p.cp)]
-        per_token += [("glog", m.ep), ("moe_y", p.devices * p.cp)]
+        fixed += [("gexp", m.router_padded), ("gw", a), ("zero", hidden),
+                  ("epar", m.expert_hidden_padded + hidden), ("em", m.expert_hidden_padded),
+                  ("ey", hidden)]
+        per_token += [("glog", m.router_padded), ("moe_y", p.devices * hidden)]
     fixed_words = sum(round_up(s, a) for _, s in fixed)
     token_words = sum(round_up(s, a) for _, s in per_token)
     room = cfg.vbuf_words - fixed_words
@@ -289,7 +374,7 @@ def _plan_vbuf(p: Plan, max_chunk: int) -> None:
         )
     fit = room // token_words
     chunk = min(max_chunk, p.shape.n_positions, 2 ** int(math.log2(fit)))
-    p.chunk = chunk
+    p.prefill_chunk = chunk
     off = 0
     for name, size in fixed:
         p.vbuf[name] = Region(off, round_up(size, a))
@@ -300,6 +385,9 @@ def _plan_vbuf(p: Plan, max_chunk: int) -> None:
 
 
 def _plan_hbm(p: Plan) -> None:
+    """Lay out each HBM channel: the scalar area (job descriptor, MoE tables), the embeddings
+    and final LayerNorm, the layers (`layer_regions` repeated every `layer_stride` bytes) and
+    the KV cache (`kv_regions` every `kv_stride`); refuses a model that overflows a channel."""
     cfg = p.config
     ports, beat, w = cfg.hbm_ports, cfg.beat_bytes, cfg.lane_width
     if DESC.size(p.shape.n_positions) > cfg.scalar_area_bytes:
@@ -314,43 +402,45 @@ def _plan_hbm(p: Plan) -> None:
         return vector_bytes_per_channel(n, w, ports, beat)
 
     off = cfg.scalar_area_bytes
-    vocab_matrix = mat(cfg.devices * p.vocab_local, p.ldb_c)
-    regions = [("wte", vocab_matrix), ("wpe", mat(p.shape.n_positions, p.ldb_c)),
-               ("lnf", vec(2 * p.cp)), ("cmask", vec(p.cp))]
+    vocab_matrix = mat(cfg.devices * p.vocab_slot, p.ldb_hidden)
+    regions = [("wte", vocab_matrix), ("wpe", mat(p.shape.n_positions, p.ldb_hidden)),
+               ("lnf", vec(2 * p.hidden_padded)), ("cmask", vec(p.hidden_padded))]
     if not p.shape.tied_head:
         regions.append(("lm_head", vocab_matrix))
     for name, size in regions:
         p.hbm[name] = Region(off, size)
         off += size
-    par_words = sum(round_up(r.size, cfg.align) for r in p.par.values())
+    par_words = sum(round_up(r.size, cfg.align) for r in p.params.values())
     inner = 0
     for name, size in [("par", vec(par_words)),
-                       ("c_attn", mat(p.qkv_rows, p.ldb_c)),
-                       ("c_proj", mat(p.c_l, p.ldb_h)),
-                       ("c_fc", mat(p.i_l, p.ldb_c)),
-                       ("c_fcproj", mat(p.c_l, p.ldb_i))]:
+                       ("c_attn", mat(p.qkv_rows, p.ldb_hidden)),
+                       ("c_proj", mat(p.hidden_share, p.ldb_heads)),
+                       ("c_fc", mat(p.mlp_share, p.ldb_hidden)),
+                       ("c_fcproj", mat(p.hidden_share, p.ldb_mlp))]:
         p.layer_regions[name] = Region(inner, size)
         inner += size
     dense_inner = inner
     if p.moe is not None:
         m = p.moe
         e_inner = 0
-        for name, size in [("epar", vec(m.ie_p + p.cp)), ("e_fc", mat(m.ie_p, p.ldb_c)),
-                           ("e_proj", mat(p.cp, m.ldb_ie))]:
+        for name, size in [("epar", vec(m.expert_hidden_padded + p.hidden_padded)),
+                           ("e_fc", mat(m.expert_hidden_padded, p.ldb_hidden)),
+                           ("e_proj", mat(p.hidden_padded, m.ldb_expert_hidden))]:
             m.expert_regions[name] = Region(e_inner, size)
             e_inner += size
         m.expert_stride = e_inner
         # an MoE layer shares par, c_attn and c_proj with a dense one; then router, experts
         inner = p.layer_regions["c_fc"].offset
-        for name, size in [("gate", mat(m.experts, p.ldb_c)), ("experts", m.slots * e_inner)]:
+        for name, size in [("gate", mat(m.experts, p.ldb_hidden)),
+                           ("experts", m.slots_per_device * e_inner)]:
             p.layer_regions[name] = Region(inner, size)
             inner += size
         dense = len(m.layers) < p.shape.n_layer
         inner = max(inner, dense_inner if dense else 0)
         tables = round_up(DESC.size(p.shape.n_positions), 64)
         m.kind_table = tables
-        m.slot_table = tables + 4 * p.shape.n_layer
-        end = m.slot_table + 4 * p.shape.n_layer * m.experts
+        m.slot_table = tables + SCALAR_WORD_BYTES * p.shape.n_layer
+        end = m.slot_table + SCALAR_WORD_BYTES * p.shape.n_layer * m.experts
         if end > cfg.scalar_area_bytes:
             raise CompileError(f"the job descriptor and the MoE tables need {end} bytes of "
                                f"scalar area; the config has scalar_area_bytes="
@@ -359,9 +449,9 @@ def _plan_hbm(p: Plan) -> None:
     p.hbm["layers"] = Region(off, p.shape.n_layer * inner)
     off += p.shape.n_layer * inner
     inner = 0
-    for h in range(p.heads_local):
-        for name, size in [(f"k{h}", mat(p.shape.n_positions, p.ldb_hd)),
-                           (f"v{h}", mat(p.hdp, p.ldb_t))]:
+    for h in range(p.slot_heads):
+        for name, size in [(f"k{h}", mat(p.shape.n_positions, p.ldb_head_dim)),
+                           (f"v{h}", mat(p.head_dim_padded, p.ldb_positions))]:
             p.kv_regions[name] = Region(inner, size)
             inner += size
     p.kv_stride = inner

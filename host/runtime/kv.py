@@ -65,19 +65,19 @@ def kv_writes(plan: Plan, kv: KvCache, device: int) -> Iterator[tuple[int, int, 
         return
     cfg = plan.config
     ports, beat = cfg.hbm_ports, cfg.beat_bytes
-    hd, hdp = plan.hd, plan.hdp
+    hd, hdp = plan.head_dim, plan.head_dim_padded
     for layer, (k_all, v_all) in enumerate(kv):
         for h in range(plan.head_counts[device]):
             g = plan.head_start(device) + h  # global head
             k_base, v_base = _bases(plan, layer, h)
-            k = np.zeros((t, plan.ldb_hd * cfg.lane_width), np.float16)  # (T, hdp padded)
+            k = np.zeros((t, plan.ldb_head_dim * cfg.lane_width), np.float16)  # (T, hdp padded)
             k[:, :hd] = np.asarray(k_all[g], np.float32).astype(np.float16)
             for c in range(min(ports, t)):
-                yield c, row_location(k_base, c, plan.ldb_hd, ports, beat)[1], k[c::ports]
+                yield c, row_location(k_base, c, plan.ldb_head_dim, ports, beat)[1], k[c::ports]
             vt = np.zeros((hdp, t), np.float16)  # (hdp, T): transposed
             vt[:hd] = np.asarray(v_all[g], np.float32).astype(np.float16).T
             for i in range(hdp):
-                channel, offset = row_location(v_base, i, plan.ldb_t, ports, beat)
+                channel, offset = row_location(v_base, i, plan.ldb_positions, ports, beat)
                 yield channel, offset, vt[i]
 
 
@@ -101,13 +101,13 @@ def read_kv(images, plan: Plan, positions: int) -> list[tuple[np.ndarray, np.nda
     s = plan.shape
     out = []
     for layer in range(s.n_layer):
-        k = np.zeros((s.n_head, positions, plan.hd), np.float16)
-        v = np.zeros((s.n_head, positions, plan.hd), np.float16)
+        k = np.zeros((s.n_head, positions, plan.head_dim), np.float16)
+        v = np.zeros((s.n_head, positions, plan.head_dim), np.float16)
         for d in range(plan.devices):
             for h in range(plan.head_counts[d]):
                 g = plan.head_start(d) + h
                 k_base, v_base = _bases(plan, layer, h)
-                k[g] = images[d].read_matrix(k_base, plan.ldb_hd, positions, plan.hd)
-                v[g] = images[d].read_matrix(v_base, plan.ldb_t, plan.hd, positions).T
+                k[g] = images[d].read_matrix(k_base, plan.ldb_head_dim, positions, plan.head_dim)
+                v[g] = images[d].read_matrix(v_base, plan.ldb_positions, plan.head_dim, positions).T
         out.append((k, v))
     return out

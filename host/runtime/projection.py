@@ -79,7 +79,7 @@ def project(shape: ModelShape, config: AccelConfig, input_len: int, output_len: 
                                / (config.hbm_peak_gbps * 1e9) * 1e3),
         # the floor at the bandwidth the HBM is assumed to deliver, not its peak
         "achievable_floor_ms_per_token": floor / config.hbm_efficiency,
-        "prefill_chunk": compiled.plan.chunk,
+        "prefill_chunk": compiled.plan.prefill_chunk,
     }
     if decode_steps:
         cycles = last["cycles"] - first["cycles"]

@@ -69,11 +69,12 @@ def test_weights_land_in_the_planned_layout(tmp_path):
     compiled = compile_model(model, config)
     plan = compiled.plan
     # the layout this test derives by hand: C=50, I=200 over 3 devices, align 8, 4 HBM ports
-    assert (plan.head_counts, plan.c_counts, plan.i_counts) == ([2, 2, 1], [24, 16, 10],
+    assert (plan.head_counts, plan.hidden_counts, plan.mlp_counts) == ([2, 2, 1], [24, 16, 10],
                                                                   [72, 64, 64])
-    assert (plan.c_lp, plan.cp, plan.hd, plan.hdp, plan.hp) == (24, 72, 10, 16, 96)
-    assert (plan.i_lp, plan.ip, plan.qkv_rows, plan.vocab_local) == (72, 216, 96, 104)
-    assert (plan.ldb_c, plan.ldb_h, plan.ldb_i) == (9, 12, 27)
+    assert (plan.hidden_slot, plan.hidden_padded, plan.head_dim, plan.head_dim_padded,
+            plan.heads_padded) == (24, 72, 10, 16, 96)
+    assert (plan.mlp_slot, plan.mlp_padded, plan.qkv_rows, plan.vocab_slot) == (72, 216, 96, 104)
+    assert (plan.ldb_hidden, plan.ldb_heads, plan.ldb_mlp) == (9, 12, 27)
     # the regions checked below are all the image holds besides the KV cache
     assert set(plan.hbm) == {"wte", "wpe", "lnf", "cmask", "layers", "kv"}
     assert set(plan.layer_regions) == {"par", "c_attn", "c_proj", "c_fc", "c_fcproj"}
@@ -167,7 +168,7 @@ def test_artifacts_round_trip(tmp_path):
     banks = sorted(p.name for p in (tmp_path / "out" / "device0_hbm").iterdir())
     assert banks == [f"hbm{k:02d}.bin" for k in range(4)]
     symbols = json.loads((tmp_path / "out" / "symbols.json").read_text())
-    assert symbols["partition"]["heads_local"] == 3
+    assert symbols["partition"]["slot_heads"] == 3
     assert symbols["hbm"]["wte"]["offset"] == PRESETS["tiny"].scalar_area_bytes
 
 

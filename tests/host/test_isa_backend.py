@@ -92,10 +92,10 @@ def test_kv_cache_in_hbm_holds_the_golden_keys_and_values(tmp_path):
     for layer in range(2):
         kv_base = plan.hbm["kv"].offset + layer * plan.kv_stride
         for h in range(3):
-            k = image.read_matrix(kv_base + plan.kv_regions[f"k{h}"].offset, plan.ldb_hd, n,
-                                  plan.hd)
-            vt = image.read_matrix(kv_base + plan.kv_regions[f"v{h}"].offset, plan.ldb_t,
-                                   plan.hd, n)
+            k = image.read_matrix(kv_base + plan.kv_regions[f"k{h}"].offset,
+                                  plan.ldb_head_dim, n, plan.head_dim)
+            vt = image.read_matrix(kv_base + plan.kv_regions[f"v{h}"].offset, plan.ldb_positions,
+                                   plan.head_dim, n)
             want_k = present[layer][0][0, h].numpy()  # (T, hd)
             want_v = present[layer][1][0, h].numpy()
             for got, want in ((k, want_k), (vt.T, want_v)):

@@ -102,7 +102,7 @@ def test_devices_run_the_experts_the_golden_router_chooses(tmp_path, devices, to
     n_new = 8
     tokens = [s.token for s in backend.stream(GenerationRequest(list(PROMPT), n_new))]
     plan = backend.compiled.plan
-    assert len(PROMPT) <= plan.chunk  # the prompt is one prefill pass
+    assert len(PROMPT) <= plan.prefill_chunk  # the prompt is one prefill pass
     routing = _golden_routing(model, PROMPT + tokens[:-1])
     passes = [list(range(len(PROMPT)))] + [[len(PROMPT) + i] for i in range(n_new - 1)]
     owners = plan.moe.expert_device
@@ -261,4 +261,3 @@ def test_shipped_moe_model_agrees_with_golden():
     err = np.abs(result.logits - result.golden_logits)
     print(f"{SHIPPED_MOE.name}, 2 u280 devices: {len(result.mismatches)} token mismatches in "
           f"{len(result.tokens)} steps, largest logit error {err.max():.4g}")
-

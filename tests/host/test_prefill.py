@@ -47,7 +47,7 @@ def test_kv_layout_round_trip_and_byte_count():
     shape = ModelShape(vocab_size=64, n_positions=40, n_embd=40, n_layer=2, n_head=4,
                        n_inner=160)
     plan = make_plan(shape, PRESETS["tiny"].with_devices(2))
-    assert (plan.hd, plan.hdp, plan.heads_local) == (10, 16, 2)
+    assert (plan.head_dim, plan.head_dim_padded, plan.slot_heads) == (10, 16, 2)
     rng = np.random.default_rng(0)
     t = 13
     kv = [(rng.standard_normal((4, t, 10)).astype(np.float32),

@@ -55,9 +55,10 @@ def test_gpt2_xl_plan_on_four_devices():
     plan = make_plan(XL, PRESETS["u280"].with_devices(4))
     assert plan.head_counts == [7, 6, 6, 6]
     assert [plan.head_start(d) for d in range(4)] == [0, 7, 13, 19]
-    assert (plan.c_counts, plan.c_lp, plan.cp) == ([416, 416, 384, 384], 416, 1664)
-    assert (plan.i_counts, plan.ip) == ([1600] * 4, 6400)
-    assert (plan.hp, plan.gaps) == (4 * 7 * 64, True)
+    assert (plan.hidden_counts, plan.hidden_slot, plan.hidden_padded) == (
+        [416, 416, 384, 384], 416, 1664)
+    assert (plan.mlp_counts, plan.mlp_padded) == ([1600] * 4, 6400)
+    assert (plan.heads_padded, plan.has_gaps) == (4 * 7 * 64, True)
     compiled = compile_model(XL, PRESETS["u280"].with_devices(4))
     qkv = [next(i for i in p if i.op == "MM" and i.comment == "QKV") for p in compiled.programs]
     assert [i.args["rows"].imm for i in qkv] == [3 * 7 * 64] + [3 * 6 * 64] * 3
@@ -70,8 +71,9 @@ def test_even_splits_without_gaps_keep_the_even_layout():
     """When D * align divides a vector it is split in equal slices with no gaps."""
     shape = MODEL_SHAPES["gpt2-1.5b-24h"]
     plan = make_plan(shape, PRESETS["u280"].with_devices(4))
-    assert (plan.head_counts, plan.c_counts) == ([6] * 4, [384] * 4)
-    assert (plan.c_lp, plan.cp, plan.hp, plan.gaps) == (384, 1536, 24 * 64, False)
+    assert (plan.head_counts, plan.hidden_counts) == ([6] * 4, [384] * 4)
+    assert (plan.hidden_slot, plan.hidden_padded, plan.heads_padded, plan.has_gaps) == (
+        384, 1536, 24 * 64, False)
 
 
 # (vocab, n_positions, n_embd, n_layer, n_head, tied): head counts that 2, 3 and 4 do not all
