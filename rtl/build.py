@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal, Signal
+from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In
 
@@ -36,6 +37,12 @@ CLUSTER = "tandem_cluster"
 _ROOT = Path(__file__).resolve().parent.parent
 #: kernel ports a cluster keeps inside (the ring) or leaves unconnected (simulation traces)
 _INTERNAL = ("ring_tx", "ring_rx", "trace_")
+_RING = ("ring_tx", "ring_rx")
+
+#: What carries kernel d's flits to the next kernel: called with d and the flit signals on the
+#: transmitting side and on the receiving side (dicts keyed by the ring stream's member names,
+#: `tdata`, `tuser`, `tlast`, `tvalid`, `tready`), it returns the elaboratable joining them.
+LinkFactory = Callable[[int, dict[str, Signal], dict[str, Signal]], Elaboratable]
 
 
 def sources_fingerprint() -> str:
@@ -67,19 +74,31 @@ def _port_name(path: tuple) -> str:
 class Cluster(wiring.Component):
     """`devices` kernels (instances of the Verilog module `kernel`, converted separately) joined
     in a ring: kernel d's `ring_tx` drives kernel (d + 1) % devices' `ring_rx`. Each kernel's
-    control, HBM and interrupt ports appear as `dev<d>_<name>`."""
+    control, HBM and interrupt ports appear as `dev<d>_<name>`.
 
-    def __init__(self, config: AccelConfig, devices: int, kernel: str = KERNEL):
+    The same ring serves the board build and the simulation tops: `link` puts a model of the
+    cable (built by the `LinkFactory`) on every hop instead of a direct connection, and
+    `expose` passes out the kernel ports a board leaves unconnected whose names start with one
+    of its prefixes (the simulation traces, `"trace_"`)."""
+
+    def __init__(self, config: AccelConfig, devices: int, kernel: str = KERNEL, *,
+                 link: LinkFactory | None = None, expose: tuple[str, ...] = ()):
         if not isinstance(devices, int) or devices < 1:
             raise ValueError(f"devices must be a positive integer, not {devices!r}")
+        inside = [p for p in expose if any(r.startswith(p) or p.startswith(r) for r in _RING)]
+        if inside:
+            raise ValueError(f"the ring ports stay inside the cluster; expose {inside[0]!r} "
+                             "cannot pass them out")
         self.config = config
         self.devices = devices
         self.kernel = kernel
+        self.link = link
+        self.expose = tuple(expose)
         self._kernel_signature = kernel_signature(config)
         members = {}
         for d in range(devices):
             for name, member in self._kernel_signature.members.items():
-                if not name.startswith(_INTERNAL):
+                if not name.startswith(_INTERNAL) or name.startswith(self.expose):
                     members[f"dev{d}_{name}"] = member
         super().__init__(members)
 
@@ -96,10 +115,15 @@ class Cluster(wiring.Component):
             ports[int(d)][direction + name] = value
         for d in range(self.devices):
             nxt = (d + 1) % self.devices
+            tx = rx = links[d]
+            if self.link is not None:  # the hop's far end, behind the link model
+                rx = {name: Signal(member.shape, name=f"link{d}_rx_{name}")
+                      for name, member in ring.members.items()}
+                m.submodules[f"link{d}"] = self.link(d, tx, rx)
             for name, member in ring.members.items():
                 tx_out = member.flow != In  # driven by the transmitter
-                ports[d][("o_" if tx_out else "i_") + f"ring_tx__{name}"] = links[d][name]
-                ports[nxt][("i_" if tx_out else "o_") + f"ring_rx__{name}"] = links[d][name]
+                ports[d][("o_" if tx_out else "i_") + f"ring_tx__{name}"] = tx[name]
+                ports[nxt][("i_" if tx_out else "o_") + f"ring_rx__{name}"] = rx[name]
         for d in range(self.devices):
             m.submodules[f"kernel{d}"] = Instance(self.kernel, **ports[d])
         return m

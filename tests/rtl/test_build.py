@@ -10,16 +10,52 @@ import re
 import subprocess
 
 import pytest
+from amaranth.hdl import Instance
 
 from host.cli import main
 from hw.config import TINY
 from rtl.build import Cluster
+from rtl.verilog import to_verilog
 from sim import runner
 
 
 def test_cluster_needs_a_positive_device_count():
     with pytest.raises(ValueError, match=r"^devices must be a positive integer, not 0$"):
         Cluster(TINY, 0)
+
+
+@pytest.mark.parametrize("prefix", ["ring", "ring_tx", "ring_rx__tdata", ""])
+def test_cluster_keeps_the_ring_inside(prefix):
+    with pytest.raises(ValueError, match=rf"^the ring ports stay inside the cluster; expose "
+                                         rf"'{prefix}' cannot pass them out$"):
+        Cluster(TINY, 2, expose=(prefix,))
+
+
+def test_cluster_puts_a_link_on_every_hop_and_exposes_the_traces():
+    """With a link factory, kernel d's ring_tx reaches kernel d + 1's ring_rx only through
+    link d (called with d, the transmitting and the receiving side); exposed trace ports are
+    passed out per device, and the board's ports are unchanged."""
+    hops = []
+
+    def link(d, tx, rx):
+        hops.append(d)
+        return Instance("cable", i_s_tdata=tx["tdata"], o_s_tready=tx["tready"],
+                        o_m_tdata=rx["tdata"], i_m_tready=rx["tready"])
+
+    cluster = Cluster(TINY, 3, link=link, expose=("trace_",))
+    board = Cluster(TINY, 3)
+    assert {n for n in cluster.signature.members if "trace_" not in n} == set(
+        board.signature.members)
+    assert {f"dev{d}_trace_issue" for d in range(3)} <= set(cluster.signature.members)
+    text = to_verilog(cluster, "top")
+    assert hops == [0, 1, 2]
+    for d in range(3):
+        nxt = (d + 1) % 3
+        assert re.search(rf"cable link{d} \(.*?\.m_tdata\(link{d}_rx_tdata\).*?\.s_tdata\("
+                         rf"link{d}_tdata\)", text, re.DOTALL)
+        kernel = re.search(rf"tandem_kernel kernel{nxt} \((.*?)\);", text, re.DOTALL)[1]
+        assert f".ring_rx__tdata(link{d}_rx_tdata)" in kernel
+        assert f".trace_issue(dev{nxt}_trace_issue)" in kernel
 
 
 def test_bad_config_is_one_line(tmp_path, capsys):
