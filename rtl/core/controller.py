@@ -32,7 +32,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import AccelConfig
-from hw.isa import NUM_REGS, OPCODES, WORD_BITS
+from hw.isa import ENGINES, NUM_REGS, OPCODES, WORD_BITS
 
 from . import ops
 from .scoreboard import RangeScoreboard
@@ -41,13 +41,23 @@ __all__ = ["BRANCH_PENALTY", "ENGINE_NAMES", "FAULTS", "Controller", "write_back
 
 #: Bubbles after a taken branch (the fetch of the target).
 BRANCH_PENALTY = 1
-#: Engines fed by the controller, in the order of their uop ports.
-ENGINE_NAMES = ("dma", "mpu", "pref", "vpu", "scalar", "ring")
+#: Engines fed by the controller (all of `hw.isa.ENGINES` but the controller's own), in the
+#: order of their uop ports.
+ENGINE_NAMES = tuple(e for e in ENGINES if e != "ctrl")
 #: Fault codes (the `fault` register's low byte).
 FAULTS = {"none": 0, "pc": 1, "opcode": 2, "range": 3, "align": 4}
-#: Register write-back ports: integer registers from these engines, scalars from those.
+#: Register write-back ports, in the order `rtl.core.core` wires them: integer registers from
+#: these engines, scalars from those. They must be the engines whose opcodes write registers.
 INT_WRITERS = ("dma", "vpu", "ring")
 SCALAR_WRITERS = ("scalar", "vpu", "ring")
+
+
+def _writers(table: dict[str, tuple[str, ...]]) -> set[str]:
+    return {ops.ENGINES[op] for op, names in table.items() if names} - {"ctrl"}
+
+
+assert set(INT_WRITERS) == _writers(ops.REG_WRITES), "an engine writes registers unwired"
+assert set(SCALAR_WRITERS) == _writers(ops.SREG_WRITES), "an engine writes scalars unwired"
 #: Engines that release the scoreboard entry of every instruction they complete.
 _RELEASERS = ("dma", "mpu", "vpu", "ring")
 #: Instructions that hold an entry without vector ranges (see the module doc).
@@ -65,7 +75,7 @@ def _align_checks(cfg: AccelConfig) -> dict[str, list[tuple[str, int]]]:
     for op, ranges in ops.VRANGES.items():
         if op in ("VSET", "VGET", "MM"):
             continue
-        out[op] = [(start, a) for _, start, _, _ in ranges]
+        out[op] = [(rng.start, a) for _, rng in ranges]
     out["MM"] = [("src", a), ("sstride", a), ("bias", a), ("dst", p), ("dstride", p)]
     out["ALLGATHER"] = [("base", a), ("slice", a), ("stride", a)]
     return out
@@ -187,17 +197,11 @@ class Controller(wiring.Component):
             for op, names in table.items():
                 for n in names:
                     waits.append(is_op(op) & pend.bit_select(getattr(d, n), 1))
-        hbm_reads = is_op("LOADR") | (is_op("MM") & ~d.flags[ops.flag_bit("MM",
-                                                                          "prefetched")])
+        hbm_reads = _or([is_op(op) & ops.range_enabled(op, rng, d.flags)
+                         for op, ranges in ops.MATRIX_READS.items() for rng in ranges])
         waits.append(hbm_reads & self.hbm_writes_pending)
 
         # vector ranges
-        class _V:
-            pass
-
-        v = _V()
-        for name in ops.FIELDS:
-            setattr(v, name, getattr(uop, name))
         has_ranges = Signal()
         out_of_range = Signal()
         read_slots = [sb.new_reads[i] for i in range(sb.reads)]
@@ -205,13 +209,13 @@ class Controller(wiring.Component):
             with m.If(d.op == ops.CODES[op]):
                 m.d.comb += has_ranges.eq(1)
                 k = 0
-                for role, start_name, length_fn, flag in ranges:
-                    start = getattr(uop, start_name)
-                    end = Signal(48, name=f"{op}_{start_name}_{role}_end")
-                    m.d.comb += end.eq(start + length_fn(v, a, self.devices))
+                for role, rng in ranges:
+                    start = getattr(uop, rng.start)
+                    end = Signal(48, name=f"{op}_{rng.start}_{role}_end")
+                    m.d.comb += end.eq(start + ops.range_length(rng, uop, a, self.devices))
                     hi = (end + (a - 1)) >> log_a
                     lo = start >> log_a
-                    enabled = 1 if flag is None else d.flags[ops.flag_bit(op, flag)]
+                    enabled = ops.range_enabled(op, rng, d.flags)
                     slot = sb.new_write if role == "w" else read_slots[k]
                     if role == "r":
                         k += 1

@@ -26,7 +26,7 @@ from .vbuf import VbufReader, read_port_signature, write_port_signature
 
 __all__ = ["Dma", "dma_client_signature"]
 
-_LEN_BITS = 20
+_LEN_BITS = ops.LEN_BITS
 _TABLE = 4  # instructions in flight
 
 

@@ -42,12 +42,13 @@ __all__ = ["SLOTS", "Mpu", "WeightStream", "descriptor_layout", "stream_client_s
 
 #: Rows of a group: the lane's adder loop depth (ADD_LATENCY).
 SLOTS = arith.ADD_LATENCY
-_LEN_BITS = 20
+_LEN_BITS = ops.LEN_BITS
 _FP16_NEG_INF = 0xFC00
 
 
 def descriptor_layout() -> data.StructLayout:
-    return data.StructLayout({"w": 32, "ldb": 16, "rows": 20, "cols": 20})
+    """A queued PREFETCH (or direct MM) matrix: its operands at their `hw.isa` widths."""
+    return ops.immediate_layout("PREFETCH")
 
 
 def stream_client_signature(addr_width: int, data_width: int) -> wiring.Signature:

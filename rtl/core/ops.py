@@ -1,9 +1,9 @@
-"""What the core needs to know about each opcode, derived from `hw.isa` and `hw.perf` rather
+"""What the core needs to know about each opcode, read off the one table in `hw.isa` rather
 than typed again: the micro-op layout and the instruction decoder (from `OPCODES` and
-`field_layout`), the engine each opcode runs on and the registers it reads and writes (by
-probing `hw.perf.op_cost` and `hw.perf.footprint` with distinct register numbers), and the
-vector-buffer ranges the scoreboard tracks (`VRANGES`, checked against `hw.perf.footprint` by
-the tests).
+`field_layout`), the engine each opcode runs on, the registers it reads and writes, the
+vector-buffer ranges the scoreboard tracks (`VRANGES`) and the HBM matrix reads that wait for
+outstanding stores (`MATRIX_READS`), all from the opcode's `OpSpec`; and the widths engines
+give their counters and descriptors (`LEN_BITS`, `immediate_layout`), from `KINDS`.
 
 A micro-op (`uop_layout`) carries one member per operand name of the instruction set: indexed
 operands (vaddr, haddr, count) resolved to 32 bits (immediate plus index register), register
@@ -16,15 +16,15 @@ from __future__ import annotations
 from amaranth.hdl import Const, Module, Mux, Value
 from amaranth.lib import data
 
-from hw.config import PRESETS
-from hw.isa import KINDS, OPCODE_BITS, OPCODES, REG_BITS, field_layout
-from hw.perf import footprint, op_cost
+from hw.isa import KINDS, OPCODE_BITS, OPCODES, REG_BITS, Range, field_layout
 
 __all__ = [
     "CODES",
     "ENGINES",
     "FIELDS",
     "INDEXED",
+    "LEN_BITS",
+    "MATRIX_READS",
     "REG_READS",
     "REG_WRITES",
     "SREG_READS",
@@ -33,6 +33,9 @@ __all__ = [
     "decode_fields",
     "decoded_layout",
     "flag_bit",
+    "immediate_layout",
+    "range_enabled",
+    "range_length",
     "uop_layout",
     "up",
 ]
@@ -64,36 +67,35 @@ FIELDS: dict[str, tuple[str, int]] = _field_classes()
 INDEXED = [n for n, (c, _) in FIELDS.items() if c == "indexed"]
 
 
-def _probe() -> tuple[dict, dict, dict, dict, dict]:
-    """Engines and register use of every opcode, read off the timing model's own tables."""
-    cfg = PRESETS["tiny"]
-    engines, rr, rw, sr, sw = {}, {}, {}, {}, {}
-    for op, spec in OPCODES.items():
-        values, by_number = {}, {}
-        number = 1
-        for name, kind_name in spec.fields:
-            kind = KINDS[kind_name]
-            if kind.fmt in ("reg", "sreg"):
-                values[name] = number
-                by_number[number] = name
-                number += 1
-            elif kind.fmt == "flags":
-                values[name] = frozenset()
-            else:
-                values[name] = 8
-        engines[op] = op_cost(op, values, cfg).engine
-        fp = footprint(op, values, cfg)
-        rr[op] = tuple(by_number[r] for r in fp.rreads)
-        rw[op] = tuple(by_number[r] for r in fp.rwrites)
-        sr[op] = tuple(by_number[s] for s in fp.sreads)
-        sw[op] = tuple(by_number[s] for s in fp.swrites)
-    return engines, rr, rw, sr, sw
-
-
-#: opcode -> engine (ctrl, dma, mpu, pref, vpu, scalar, ring), as `hw.perf` times it
-ENGINES, REG_READS, REG_WRITES, SREG_READS, SREG_WRITES = _probe()
+#: opcode -> engine (ctrl, dma, mpu, pref, vpu, scalar, ring)
+ENGINES: dict[str, str] = {op: spec.engine for op, spec in OPCODES.items()}
+#: opcode -> the operands naming the integer / scalar registers it reads and writes
+REG_READS = {op: spec.registers("reg", "r") for op, spec in OPCODES.items()}
+REG_WRITES = {op: spec.registers("reg", "w") for op, spec in OPCODES.items()}
+SREG_READS = {op: spec.registers("sreg", "r") for op, spec in OPCODES.items()}
+SREG_WRITES = {op: spec.registers("sreg", "w") for op, spec in OPCODES.items()}
 _READ_REGS = sorted({n for names in REG_READS.values() for n in names}
                     | {n for names in SREG_READS.values() for n in names})
+
+#: Vector-buffer ranges per opcode that has any, reads first: (role "r" | "w", range). The
+#: scoreboard rounds them out to whole blocks; the k-th read takes read slot k.
+VRANGES: dict[str, list[tuple[str, Range]]] = {
+    op: [("r", r) for r in spec.vreads] + [("w", r) for r in spec.vwrites]
+    for op, spec in OPCODES.items() if spec.vreads or spec.vwrites
+}
+#: HBM matrix reads per opcode (the KV cache): they wait until no store is outstanding
+MATRIX_READS: dict[str, list[Range]] = {
+    op: [r for r in spec.hreads if r.space == "matrix"]
+    for op, spec in OPCODES.items() if any(r.space == "matrix" for r in spec.hreads)
+}
+
+#: Bits of a length or index (`count`) immediate: what the engines' length counters hold.
+LEN_BITS = KINDS["count"].imm_bits
+
+
+def immediate_layout(op: str) -> data.StructLayout:
+    """`op`'s operands at the widths of their immediates (a descriptor an engine queues)."""
+    return data.StructLayout({name: KINDS[kind].imm_bits for name, kind in OPCODES[op].fields})
 
 
 def flag_bit(op: str, flag: str) -> int:
@@ -105,34 +107,27 @@ def up(x, align: int):
     return (x + (align - 1)) & ~(align - 1)
 
 
-#: Vector-buffer ranges per opcode, in words: (role r|w, start operand, length(v, align,
-#: devices), flag that enables it or None). The scoreboard rounds them out to whole blocks.
-VRANGES: dict[str, list[tuple]] = {
-    "LOADV": [("w", "dst", lambda v, a, d: up(v.len, a), None)],
-    "LOADR": [("w", "dst", lambda v, a, d: up(v.len, a), None)],
-    "STOREV": [("r", "src", lambda v, a, d: up(v.len, a), None)],
-    "STORER": [("r", "src", lambda v, a, d: up(v.len, a), None)],
-    "STOREC": [("r", "src", lambda v, a, d: up(v.len, a), None)],
-    "MM": [("r", "src", lambda v, a, d: (v.ntok - 1) * v.sstride + up(v.cols, a), None),
-           ("w", "dst", lambda v, a, d: (v.ntok - 1) * v.dstride + up(v.rows, a), None),
-           ("r", "bias", lambda v, a, d: up(v.rows, a), "bias")],
-    **{op: [("r", "a", lambda v, a, d: up(v.len, a), None),
-            ("r", "b", lambda v, a, d: up(v.len, a), None),
-            ("w", "dst", lambda v, a, d: up(v.len, a), None)] for op in ("VADD", "VMUL")},
-    "VFMA": [("r", name, lambda v, a, d: up(v.len, a), None) for name in "abc"]
-    + [("w", "dst", lambda v, a, d: up(v.len, a), None)],
-    **{op: [("r", "a", lambda v, a, d: up(v.len, a), None),
-            ("w", "dst", lambda v, a, d: up(v.len, a), None)]
-       for op in ("VADDS", "VMULS", "VEXP", "VGELU")},
-    **{op: [("r", "a", lambda v, a, d: up(v.len, a), None)]
-       for op in ("VSUM", "VMAX", "ARGMAX")},
-    "VDOT": [("r", "a", lambda v, a, d: up(v.len, a), None),
-             ("r", "b", lambda v, a, d: up(v.len, a), None)],
-    "VSET": [("w", "dst", lambda v, a, d: 1, None)],
-    "VGET": [("r", "src", lambda v, a, d: 1, None)],
-    "ALLGATHER": [(role, "base", lambda v, a, d: (v.count - 1) * v.stride + d * v.slice, None)
-                  for role in ("r", "w")],
-}
+class _ViewOperands:
+    """The operands of a micro-op view, by name, as `Range.size` reads them."""
+
+    def __init__(self, uop) -> None:
+        self._uop = uop
+
+    def __getitem__(self, name: str):
+        return getattr(self._uop, name)
+
+
+def range_length(rng: Range, uop, align: int, devices):
+    """The length of `rng` for the micro-op `uop` (an Amaranth view), as a hardware value."""
+    return rng.size(_ViewOperands(uop), lambda x: up(x, align), devices)
+
+
+def range_enabled(op: str, rng: Range, flags):
+    """Whether `rng` of `op` exists, given the decoded `flags` field (1 when unconditional)."""
+    if rng.flag is None:
+        return 1
+    bit = flags[flag_bit(op, rng.flag)]
+    return ~bit if rng.negated else bit
 
 
 def decoded_layout() -> data.StructLayout:

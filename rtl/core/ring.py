@@ -80,7 +80,7 @@ class Ring(wiring.Component):
         base = Signal(bb + 1)
         slice_ = Signal(bb + 1)  # blocks per slice
         stride = Signal(bb + 1)  # blocks per row
-        count = Signal(20)
+        count = Signal(ops.LEN_BITS)
         sb = Signal(_bits(self._uop, "sb"))
         pc = Signal(_bits(self._uop, "pc"))
         rd = Signal(4)
@@ -100,13 +100,13 @@ class Ring(wiring.Component):
                          best_val.eq(u.sd_v), best_idx.eq(u.rd_v), best_dev.eq(self.device)]
 
         # -- own flits ------------------------------------------------------------------------
-        own_t = Signal(20)
+        own_t = Signal(ops.LEN_BITS)
         own_b = Signal(bb + 1)
         own_done = Signal()
         reader = VbufReader(bb, A, depth=4)
         m.submodules.reader = reader
         wiring.connect(m, reader.port, wiring.flipped(self.read))
-        ask_t = Signal(20)
+        ask_t = Signal(ops.LEN_BITS)
         ask_b = Signal(bb + 1)
         asked_all = Signal()
         own_block = base + ask_t * stride + self.device * slice_ + ask_b
@@ -144,7 +144,7 @@ class Ring(wiring.Component):
         # forwarded flits first: they keep the ring moving
         rx_take = Signal()
         w = self.write.req
-        ct = Array(Signal(20, name=f"rt{o}") for o in range(MAX_DEVICES))
+        ct = Array(Signal(ops.LEN_BITS, name=f"rt{o}") for o in range(MAX_DEVICES))
         cb = Array(Signal(bb + 1, name=f"rb{o}") for o in range(MAX_DEVICES))
         origin = rx_user.origin[:(MAX_DEVICES - 1).bit_length()]
         rx_block = base + ct[origin] * stride + rx_user.origin * slice_ + cb[origin]
