@@ -16,7 +16,7 @@ from hw.config import AccelConfig
 from hw.hbm import HbmImage
 from hw.isa import Instr, disassemble, encode_program
 
-from .codegen import R_L, generate_program
+from .codegen import R_LAYER, generate_program
 from .errors import CompileError
 from .images import build_image
 from .plan import ModelShape, Plan, make_plan
@@ -33,7 +33,7 @@ class CompiledModel:
 
     def loop_hints(self, device: int = 0) -> dict[int, tuple[int, int]]:
         """Loops a timing-only simulation may fast-forward: head pc -> (counter reg, limit)."""
-        return {self.labels[device]["layer"]: (R_L, self.plan.shape.n_layer)}
+        return {self.labels[device]["layer"]: (R_LAYER, self.plan.shape.n_layer)}
 
     @property
     def config(self) -> AccelConfig:

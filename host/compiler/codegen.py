@@ -49,21 +49,67 @@ from collections.abc import Callable
 from hw.isa import Instr, Operand
 from hw.layout import DESC
 
-from .plan import Plan
+from .plan import SCALAR_WORD_BYTES, Plan
 
-__all__ = ["R_L", "Asm", "ProgramBuilder", "generate_program"]
+__all__ = ["R_LAYER", "Asm", "ProgramBuilder", "generate_program"]
 
-# integer registers
-R_NPROMPT, R_POS, R_MAXNEW, R_NOUT, R_N, R_L, R_WL, R_KV = 1, 2, 3, 4, 5, 6, 7, 8
-R_J, R_T, R_TOK, R_XO, R_QO, R_AO, R_TMP = 9, 10, 11, 12, 13, 14, 15
-# MoE blocks reuse registers that are free there: the layer kind and then the router row
-# live in R_TOK (the generated token is read by the embedding and written by the argmax, both
-# outside the layers), the chosen experts in R_QO and R_AO (free after attention)
-R_KIND = R_GO = R_TOK
-R_E1, R_E2 = R_QO, R_AO
-# FP32 scalar registers
-S_QSCALE, S_ARGMAX = 7, 8
-S_MAX, S_W1, S_W2, S_NINF, S_SUM = 9, 10, 11, 12, 13
+# -- integer registers -----------------------------------------------------------------------
+# One name per register. A register that serves two roles says both in its name; the roles
+# are never live at once.
+#: Reads as 0 (writes are dropped): the other side of a compare with zero.
+R_ZERO = 0
+#: Prompt tokens (descriptor N_PROMPT).
+R_PROMPT_LEN = 1
+#: Position of the pass's first token; advanced by n at the end of every pass.
+R_POS = 2
+#: Tokens to generate (descriptor MAX_NEW).
+R_MAX_NEW = 3
+#: Tokens generated so far.
+R_N_OUT = 4
+#: Tokens in this pass: up to prefill_chunk while the prompt lasts, then 1.
+R_N = 5
+#: The layer loop's counter.
+R_LAYER = 6
+#: HBM offset of the current layer's weights.
+R_LAYER_BASE = 7
+#: HBM offset of the current layer's KV cache.
+R_KV_BASE = 8
+#: The token loops' counter: token j of the pass.
+R_J = 9
+#: A value made and used within a few instructions: a token's position, a loop test's
+#: operand, a chosen expert's slot, base and row offset.
+R_SCRATCH = 10
+#: The generated token: written by the argmax and read by the next pass's embedding, both
+#: outside the layers. Inside a layer of an MoE model, where no token is live, the layer's
+#: kind, and then in the MoE FFN the offset of token j's router logits.
+R_TOKEN_KIND_ROW = 11
+#: Token j's offset in the hidden-vector buffers (x, h, y).
+R_X_OFFSET = 12
+#: Attention: token j's offset in the QKV buffer. The MoE FFN (after attention): the first
+#: chosen expert.
+R_QKV_OR_EXPERT1 = 13
+#: Token j's offset in the head outputs (attention) and in the MLP vector (GELU). The MoE
+#: FFN: the second chosen expert.
+R_OUT_OR_EXPERT2 = 14
+#: A second scratch value: a table entry's byte offset, a loop's limit, layer 0's base.
+R_SCRATCH2 = 15
+
+# -- FP32 scalar registers -----------------------------------------------------------------
+#: The temporaries of the fixed unit sequences (LayerNorm, softmax); each sequence's values
+#: live only inside it, so they share s1-s6.
+S_SCRATCH = (1, 2, 3, 4, 5, 6)
+#: 1/sqrt(head_dim), scales q.
+S_QSCALE = 7
+#: The LM head's largest logit: ARGMAX writes it, ARGMAXALL compares it across the ring.
+S_ARGMAX = 8
+#: An MoE token's largest router logit.
+S_ROUTER_MAX = 9
+#: The combine weights of the first and second chosen experts.
+S_WEIGHT1, S_WEIGHT2 = 10, 11
+#: -Inf, masks the first chosen expert's logit before the second ARGMAX.
+S_NEG_INF = 12
+#: The router's working value: a chosen expert's e_i, then their sum and its reciprocal.
+S_ROUTER_SUM = 13
 
 
 def _o(imm: int = 0, reg: int = 0) -> Operand:
@@ -157,18 +203,18 @@ class ProgramBuilder:
         """Read the job descriptor, load the constants and queue the weight stream's first
         two matrices (layer 0's QKV and projection)."""
         a, plan, vb, hbm = self.asm, self.plan, self.vb, self.hbm
-        a.emit("LDR", rd=R_NPROMPT, addr=_o(DESC.N_PROMPT))
+        a.emit("LDR", rd=R_PROMPT_LEN, addr=_o(DESC.N_PROMPT))
         a.emit("LDR", rd=R_POS, addr=_o(DESC.POS0))
-        a.emit("LDR", rd=R_MAXNEW, addr=_o(DESC.MAX_NEW))
-        a.emit("LI", rd=R_NOUT, imm=0)
+        a.emit("LDR", rd=R_MAX_NEW, addr=_o(DESC.MAX_NEW))
+        a.emit("LI", rd=R_N_OUT, imm=0)
         a.emit("LOADV", dst=_o(vb["lnf"]), src=_o(hbm["lnf"]), len=_o(2 * plan.hidden_padded))
         if plan.has_gaps:
             a.emit("LOADV", dst=_o(vb["cmask"]), src=_o(hbm["cmask"]),
                    len=_o(plan.hidden_padded))
         a.emit("SLI", sd=S_QSCALE, imm=1.0 / math.sqrt(plan.head_dim), comment="1/sqrt(head_dim)")
-        a.emit("LI", rd=R_WL, imm=hbm["layers"])
+        a.emit("LI", rd=R_LAYER_BASE, imm=hbm["layers"])
         if self.moe is not None:
-            a.emit("SLI", sd=S_NINF, imm=float("-inf"), comment="masks a chosen expert")
+            a.emit("SLI", sd=S_NEG_INF, imm=float("-inf"), comment="masks a chosen expert")
         self._prefetch("c_attn")
         self._prefetch("c_proj")
 
@@ -178,10 +224,10 @@ class ProgramBuilder:
         a = self.asm
         a.label("pass")
         a.emit("LI", rd=R_N, imm=1)
-        a.emit("SUB", rd=R_TMP, ra=R_NPROMPT, rb=R_POS, comment="prompt tokens left")
-        a.emit("BGE", ra=0, rb=R_TMP, target="embed", comment="none: decode one token")
+        a.emit("SUB", rd=R_SCRATCH2, ra=R_PROMPT_LEN, rb=R_POS, comment="prompt tokens left")
+        a.emit("BGE", ra=R_ZERO, rb=R_SCRATCH2, target="embed", comment="none: decode one token")
         a.emit("LI", rd=R_N, imm=self.plan.prefill_chunk)
-        a.emit("MIN", rd=R_N, ra=R_N, rb=R_TMP)
+        a.emit("MIN", rd=R_N, ra=R_N, rb=R_SCRATCH2)
         a.label("embed")
 
     def emit_embeddings(self) -> None:
@@ -191,33 +237,35 @@ class ProgramBuilder:
         hidden = plan.hidden_padded
 
         def embed():
-            a.emit("ADD", rd=R_T, ra=R_POS, rb=R_J, comment="position")
-            a.emit("BGE", ra=R_T, rb=R_NPROMPT, target="embed_generated")
-            a.emit("MULI", rd=R_TMP, ra=R_T, imm=4)
-            a.emit("LDR", rd=R_TOK, addr=_o(DESC.PROMPT, R_TMP), comment="prompt token")
+            a.emit("ADD", rd=R_SCRATCH, ra=R_POS, rb=R_J, comment="position")
+            a.emit("BGE", ra=R_SCRATCH, rb=R_PROMPT_LEN, target="embed_generated")
+            self._word_offset(R_SCRATCH2, R_SCRATCH)
+            a.emit("LDR", rd=R_TOKEN_KIND_ROW, addr=_o(DESC.PROMPT, R_SCRATCH2),
+                   comment="prompt token")
             a.label("embed_generated")
-            a.emit("LOADR", dst=_o(vb["x"], R_XO), mat=_o(hbm["wte"]), ldb=plan.ldb_hidden,
-                   row=_o(0, R_TOK), len=_o(hidden))
+            a.emit("LOADR", dst=_o(vb["x"], R_X_OFFSET), mat=_o(hbm["wte"]), ldb=plan.ldb_hidden,
+                   row=_o(0, R_TOKEN_KIND_ROW), len=_o(hidden))
             a.emit("LOADR", dst=_o(vb["tmp"]), mat=_o(hbm["wpe"]), ldb=plan.ldb_hidden,
-                   row=_o(0, R_T), len=_o(hidden))
-            a.emit("VADD", dst=_o(vb["x"], R_XO), a=_o(vb["x"], R_XO), b=_o(vb["tmp"]),
+                   row=_o(0, R_SCRATCH), len=_o(hidden))
+            a.emit("VADD", dst=_o(vb["x"], R_X_OFFSET), a=_o(vb["x"], R_X_OFFSET), b=_o(vb["tmp"]),
                    len=_o(hidden))
 
-        self._token_loop("embed_loop", embed, {R_XO: hidden})
+        self._token_loop("embed_loop", embed, {R_X_OFFSET: hidden})
 
     def emit_layers(self) -> None:
         """The layer loop: each layer's parameters (and, for MoE-GPT, its kind), attention,
         then the dense MLP or the MoE FFN."""
         a, plan = self.asm, self.plan
-        a.emit("LI", rd=R_L, imm=0)
-        a.emit("LI", rd=R_WL, imm=self.hbm["layers"])
-        a.emit("LI", rd=R_KV, imm=self.hbm["kv"])
+        a.emit("LI", rd=R_LAYER, imm=0)
+        a.emit("LI", rd=R_LAYER_BASE, imm=self.hbm["layers"])
+        a.emit("LI", rd=R_KV_BASE, imm=self.hbm["kv"])
         a.label("layer")
-        a.emit("LOADV", dst=_o(self.vb["par"]), src=_o(self.lay["par"], R_WL),
+        a.emit("LOADV", dst=_o(self.vb["par"]), src=_o(self.lay["par"], R_LAYER_BASE),
                len=_o(plan.vbuf["par"].size), comment="layer parameters")
         if self.moe is not None:
-            a.emit("MULI", rd=R_TMP, ra=R_L, imm=4)
-            a.emit("LDR", rd=R_KIND, addr=_o(self.moe.kind_table, R_TMP), comment="layer kind")
+            self._word_offset(R_SCRATCH2, R_LAYER)
+            a.emit("LDR", rd=R_TOKEN_KIND_ROW, addr=_o(self.moe.kind_table, R_SCRATCH2),
+                   comment="layer kind")
         self.emit_attention()
         self.emit_ffn_input()
         self._branch_if_moe("moe_ffn")
@@ -227,11 +275,11 @@ class ProgramBuilder:
             a.label("moe_ffn")
             self.emit_moe_ffn()
             a.label("layer_next")
-        a.emit("ADDI", rd=R_L, ra=R_L, imm=1)
-        a.emit("ADDI", rd=R_WL, ra=R_WL, imm=plan.layer_stride)
-        a.emit("ADDI", rd=R_KV, ra=R_KV, imm=plan.kv_stride)
-        a.emit("LI", rd=R_TMP, imm=plan.shape.n_layer)
-        a.emit("BLT", ra=R_L, rb=R_TMP, target="layer")
+        a.emit("ADDI", rd=R_LAYER, ra=R_LAYER, imm=1)
+        a.emit("ADDI", rd=R_LAYER_BASE, ra=R_LAYER_BASE, imm=plan.layer_stride)
+        a.emit("ADDI", rd=R_KV_BASE, ra=R_KV_BASE, imm=plan.kv_stride)
+        a.emit("LI", rd=R_SCRATCH2, imm=plan.shape.n_layer)
+        a.emit("BLT", ra=R_LAYER, rb=R_SCRATCH2, target="layer")
 
     def emit_attention(self) -> None:
         """LayerNorm, QKV (this device's heads), K/V appended to the cache, per token and
@@ -242,8 +290,9 @@ class ProgramBuilder:
         head_dim, positions = plan.head_dim_padded, plan.positions_padded
         qkv_stride = plan.qkv_rows
         self._token_loop("ln1_loop", lambda: self._layernorm(
-            _o(vb["x"], R_XO), _o(vb["h"], R_XO), par["ln1_g"], par["ln1_b"]), {R_XO: hidden})
-        a.emit("MM", dst=_o(vb["qkv"]), src=_o(vb["h"]), w=_o(lay["c_attn"], R_WL),
+            _o(vb["x"], R_X_OFFSET), _o(vb["h"], R_X_OFFSET), par["ln1_g"], par["ln1_b"]),
+            {R_X_OFFSET: hidden})
+        a.emit("MM", dst=_o(vb["qkv"]), src=_o(vb["h"]), w=_o(lay["c_attn"], R_LAYER_BASE),
                ldb=plan.ldb_hidden, rows=_o(self.qkv_rows), cols=_o(hidden), ntok=_o(0, R_N),
                dstride=qkv_stride, sstride=hidden, bias=par["attn_b"],
                flags={"bias", "prefetched"}, comment="QKV")
@@ -256,44 +305,47 @@ class ProgramBuilder:
             a.label("qkv_done")
 
         def kv_append():
-            a.emit("ADD", rd=R_T, ra=R_POS, rb=R_J)
+            a.emit("ADD", rd=R_SCRATCH, ra=R_POS, rb=R_J)
             for h in range(self.heads):
                 q = vb["qkv"] + h * head_dim
                 k = vb["qkv"] + (self.heads + h) * head_dim
                 v = vb["qkv"] + (2 * self.heads + h) * head_dim
-                a.emit("VMULS", dst=_o(q, R_QO), a=_o(q, R_QO), s=S_QSCALE, len=_o(head_dim),
-                       comment=f"scale q{h}")
-                a.emit("STORER", mat=_o(self.kvr[f"k{h}"], R_KV), ldb=plan.ldb_head_dim,
-                       row=_o(0, R_T), src=_o(k, R_QO), len=_o(head_dim), comment=f"append k{h}")
-                a.emit("STOREC", mat=_o(self.kvr[f"v{h}"], R_KV), ldb=plan.ldb_positions,
-                       col=_o(0, R_T), src=_o(v, R_QO), len=_o(head_dim),
+                a.emit("VMULS", dst=_o(q, R_QKV_OR_EXPERT1), a=_o(q, R_QKV_OR_EXPERT1),
+                       s=S_QSCALE, len=_o(head_dim), comment=f"scale q{h}")
+                a.emit("STORER", mat=_o(self.kvr[f"k{h}"], R_KV_BASE), ldb=plan.ldb_head_dim,
+                       row=_o(0, R_SCRATCH), src=_o(k, R_QKV_OR_EXPERT1), len=_o(head_dim),
+                       comment=f"append k{h}")
+                a.emit("STOREC", mat=_o(self.kvr[f"v{h}"], R_KV_BASE), ldb=plan.ldb_positions,
+                       col=_o(0, R_SCRATCH), src=_o(v, R_QKV_OR_EXPERT1), len=_o(head_dim),
                        comment=f"append v{h} (transposed)")
 
-        self._token_loop("kv_loop", kv_append, {R_QO: qkv_stride})
+        self._token_loop("kv_loop", kv_append, {R_QKV_OR_EXPERT1: qkv_stride})
 
         def attend():
-            a.emit("ADD", rd=R_T, ra=R_POS, rb=R_J)
-            a.emit("ADDI", rd=R_T, ra=R_T, imm=1, comment="keys visible to this token")
+            a.emit("ADD", rd=R_SCRATCH, ra=R_POS, rb=R_J)
+            a.emit("ADDI", rd=R_SCRATCH, ra=R_SCRATCH, imm=1, comment="keys visible to this token")
             for h in range(self.heads):
                 a.emit("MM", dst=_o(vb["scores"] + h * positions),
-                       src=_o(vb["qkv"] + h * head_dim, R_QO), w=_o(self.kvr[f"k{h}"], R_KV),
-                       ldb=plan.ldb_head_dim, rows=_o(0, R_T), cols=_o(head_dim), ntok=_o(1),
+                       src=_o(vb["qkv"] + h * head_dim, R_QKV_OR_EXPERT1),
+                       w=_o(self.kvr[f"k{h}"], R_KV_BASE),
+                       ldb=plan.ldb_head_dim, rows=_o(0, R_SCRATCH), cols=_o(head_dim), ntok=_o(1),
                        dstride=positions, sstride=head_dim, flags={"mask"},
                        comment=f"scores head {h}")
             for h in range(self.heads):
-                self._softmax(_o(vb["scores"] + h * positions), _o(0, R_T))
+                self._softmax(_o(vb["scores"] + h * positions), _o(0, R_SCRATCH))
             for h in range(self.heads):
                 slot = self.head_slot0 + h
-                a.emit("MM", dst=_o(vb["att"] + slot * head_dim, R_AO),
-                       src=_o(vb["scores"] + h * positions), w=_o(self.kvr[f"v{h}"], R_KV),
-                       ldb=plan.ldb_positions, rows=_o(head_dim), cols=_o(0, R_T), ntok=_o(1),
+                a.emit("MM", dst=_o(vb["att"] + slot * head_dim, R_OUT_OR_EXPERT2),
+                       src=_o(vb["scores"] + h * positions), w=_o(self.kvr[f"v{h}"], R_KV_BASE),
+                       ldb=plan.ldb_positions, rows=_o(head_dim), cols=_o(0, R_SCRATCH), ntok=_o(1),
                        dstride=head_dim, sstride=positions, comment=f"attention head {h}")
 
-        self._token_loop("attn_loop", attend, {R_QO: qkv_stride, R_AO: heads_padded})
+        self._token_loop("attn_loop", attend,
+                         {R_QKV_OR_EXPERT1: qkv_stride, R_OUT_OR_EXPERT2: heads_padded})
         a.emit("ALLGATHER", base=_o(vb["att"]), slice=plan.slot_heads * head_dim,
                stride=heads_padded, count=_o(0, R_N))
         a.emit("MM", dst=_o(vb["y"] + self.device * plan.hidden_slot), src=_o(vb["att"]),
-               w=_o(lay["c_proj"], R_WL), ldb=plan.ldb_heads, rows=_o(self.hidden_rows),
+               w=_o(lay["c_proj"], R_LAYER_BASE), ldb=plan.ldb_heads, rows=_o(self.hidden_rows),
                cols=_o(heads_padded), ntok=_o(0, R_N), dstride=hidden, sstride=heads_padded,
                bias=par["proj_b"], flags={"bias", "prefetched"}, comment="attention projection")
         self._branch_if_moe("proj_moe")  # an MoE block knows its experts only after the router
@@ -308,12 +360,12 @@ class ProgramBuilder:
         vb, hidden = self.vb, self.plan.hidden_padded
 
         def residual_ln2():
-            x = _o(vb["x"], R_XO)
-            self.asm.emit("VADD", dst=x, a=x, b=_o(vb["y"], R_XO), len=_o(hidden),
+            x = _o(vb["x"], R_X_OFFSET)
+            self.asm.emit("VADD", dst=x, a=x, b=_o(vb["y"], R_X_OFFSET), len=_o(hidden),
                           comment="residual")
-            self._layernorm(x, _o(vb["h"], R_XO), self.par["ln2_g"], self.par["ln2_b"])
+            self._layernorm(x, _o(vb["h"], R_X_OFFSET), self.par["ln2_g"], self.par["ln2_b"])
 
-        self._token_loop("ln2_loop", residual_ln2, {R_XO: hidden})
+        self._token_loop("ln2_loop", residual_ln2, {R_X_OFFSET: hidden})
 
     def emit_mlp(self) -> None:
         """The dense MLP: up (this device's columns), GELU, gather, down (this device's
@@ -321,26 +373,27 @@ class ProgramBuilder:
         a, plan, vb, lay, par = self.asm, self.plan, self.vb, self.lay, self.par
         hidden, mlp = plan.hidden_padded, plan.mlp_padded
         a.emit("MM", dst=_o(vb["m"] + self.device * plan.mlp_slot), src=_o(vb["h"]),
-               w=_o(lay["c_fc"], R_WL), ldb=plan.ldb_hidden, rows=_o(self.mlp_rows),
+               w=_o(lay["c_fc"], R_LAYER_BASE), ldb=plan.ldb_hidden, rows=_o(self.mlp_rows),
                cols=_o(hidden), ntok=_o(0, R_N), dstride=mlp, sstride=hidden, bias=par["fc_b"],
                flags={"bias", "prefetched"}, comment="MLP up")
         self._queue_after_mlp_up("up")
         m_local = vb["m"] + self.device * plan.mlp_slot
         self._token_loop("gelu_loop", lambda: a.emit(
-            "VGELU", dst=_o(m_local, R_AO), a=_o(m_local, R_AO), len=_o(plan.mlp_slot)),
-            {R_AO: mlp})
+            "VGELU", dst=_o(m_local, R_OUT_OR_EXPERT2), a=_o(m_local, R_OUT_OR_EXPERT2),
+            len=_o(plan.mlp_slot)),
+            {R_OUT_OR_EXPERT2: mlp})
         a.emit("ALLGATHER", base=_o(vb["m"]), slice=plan.mlp_slot, stride=mlp,
                count=_o(0, R_N))
         a.emit("MM", dst=_o(vb["y"] + self.device * plan.hidden_slot), src=_o(vb["m"]),
-               w=_o(lay["c_fcproj"], R_WL), ldb=plan.ldb_mlp, rows=_o(self.hidden_rows),
+               w=_o(lay["c_fcproj"], R_LAYER_BASE), ldb=plan.ldb_mlp, rows=_o(self.hidden_rows),
                cols=_o(mlp), ntok=_o(0, R_N), dstride=hidden, sstride=mlp,
                bias=par["fcproj_b"], flags={"bias", "prefetched"}, comment="MLP down")
         self._queue_after_mlp_down("down")
         a.emit("ALLGATHER", base=_o(vb["y"]), slice=plan.hidden_slot, stride=hidden,
                count=_o(0, R_N))
+        x, y = _o(vb["x"], R_X_OFFSET), _o(vb["y"], R_X_OFFSET)
         self._token_loop("res2_loop", lambda: a.emit(
-            "VADD", dst=_o(vb["x"], R_XO), a=_o(vb["x"], R_XO), b=_o(vb["y"], R_XO),
-            len=_o(hidden), comment="residual"), {R_XO: hidden})
+            "VADD", dst=x, a=x, b=y, len=_o(hidden), comment="residual"), {R_X_OFFSET: hidden})
 
     def emit_moe_ffn(self) -> None:
         """An MoE block's FFN (see `host.compiler.moe`): router, top-k, the local experts, the
@@ -349,11 +402,11 @@ class ProgramBuilder:
         a, plan, vb, moe = self.asm, self.plan, self.vb, self.moe
         hidden, experts, d = plan.hidden_padded, moe.experts, plan.devices
         row = d * hidden  # one token's D slots
-        a.emit("MM", dst=_o(vb["glog"]), src=_o(vb["h"]), w=_o(self.lay["gate"], R_WL),
+        a.emit("MM", dst=_o(vb["glog"]), src=_o(vb["h"]), w=_o(self.lay["gate"], R_LAYER_BASE),
                ldb=plan.ldb_hidden, rows=_o(experts), cols=_o(hidden), ntok=_o(0, R_N),
                dstride=moe.router_padded, sstride=hidden, flags={"mask", "prefetched"},
                comment="router logits")
-        self._token_loop("moe_loop", self._emit_route, {R_XO: hidden})
+        self._token_loop("moe_loop", self._emit_route, {R_X_OFFSET: hidden})
         # the two matrices after this FFN in the weight stream, as the dense FFN queues them
         self._queue_after_mlp_up("moe_up")
         self._queue_after_mlp_down("moe_down")
@@ -362,41 +415,41 @@ class ProgramBuilder:
                    count=_o(0, R_N))
 
         def combine():
-            x = _o(vb["x"], R_XO)
+            x = _o(vb["x"], R_X_OFFSET)
             if d == 1:
-                a.emit("VADD", dst=x, a=x, b=_o(vb["moe_y"], R_GO), len=_o(hidden),
+                a.emit("VADD", dst=x, a=x, b=_o(vb["moe_y"], R_TOKEN_KIND_ROW), len=_o(hidden),
                        comment="residual")
                 return
-            a.emit("VADD", dst=_o(vb["ey"]), a=_o(vb["moe_y"], R_GO),
-                   b=_o(vb["moe_y"] + hidden, R_GO), len=_o(hidden),
+            a.emit("VADD", dst=_o(vb["ey"]), a=_o(vb["moe_y"], R_TOKEN_KIND_ROW),
+                   b=_o(vb["moe_y"] + hidden, R_TOKEN_KIND_ROW), len=_o(hidden),
                    comment="sum the devices' slots")
             for s in range(2, d):
                 a.emit("VADD", dst=_o(vb["ey"]), a=_o(vb["ey"]),
-                       b=_o(vb["moe_y"] + s * hidden, R_GO), len=_o(hidden))
+                       b=_o(vb["moe_y"] + s * hidden, R_TOKEN_KIND_ROW), len=_o(hidden))
             a.emit("VADD", dst=x, a=x, b=_o(vb["ey"]), len=_o(hidden), comment="residual")
 
-        self._token_loop("moe_res_loop", combine, {R_XO: hidden, R_GO: row})
+        self._token_loop("moe_res_loop", combine, {R_X_OFFSET: hidden, R_TOKEN_KIND_ROW: row})
 
     def emit_prefill_loop(self) -> None:
         """The end of every pass: pos += n, and another pass while the prompt lasts."""
         a = self.asm
         a.emit("ADD", rd=R_POS, ra=R_POS, rb=R_N)
-        a.emit("BLT", ra=R_POS, rb=R_NPROMPT, target="pass", comment="more prompt to read")
+        a.emit("BLT", ra=R_POS, rb=R_PROMPT_LEN, target="pass", comment="more prompt to read")
 
     def emit_lm_head(self) -> None:
         """The final LayerNorm of the pass's last token and this device's slice of the LM
         head; then, when a pass follows, the PREFETCH of its layer 0's projection."""
         a, plan, vb = self.asm, self.plan, self.vb
         hidden = plan.hidden_padded
-        a.emit("ADDI", rd=R_TMP, ra=R_N, imm=-1)
-        a.emit("MULI", rd=R_TMP, ra=R_TMP, imm=hidden, comment="last token of the pass")
-        self._layernorm(_o(vb["x"], R_TMP), _o(vb["head_in"]), vb["lnf"], vb["lnf"] + hidden)
+        a.emit("ADDI", rd=R_SCRATCH2, ra=R_N, imm=-1)
+        a.emit("MULI", rd=R_SCRATCH2, ra=R_SCRATCH2, imm=hidden, comment="last token of the pass")
+        self._layernorm(_o(vb["x"], R_SCRATCH2), _o(vb["head_in"]), vb["lnf"], vb["lnf"] + hidden)
         a.emit("MM", dst=_o(vb["logits"]), src=_o(vb["head_in"]), w=_o(self.lm_head_slice),
                ldb=plan.ldb_hidden, rows=_o(plan.vocab_rows[self.device]), cols=_o(hidden),
                ntok=_o(1), dstride=plan.vocab_slot, sstride=hidden,
                flags={"mask", "prefetched"}, comment="LM head")
         self._branch_unless_another_token("head_done")
-        a.emit("LI", rd=R_WL, imm=self.hbm["layers"])
+        a.emit("LI", rd=R_LAYER_BASE, imm=self.hbm["layers"])
         self._prefetch("c_proj", comment="c_proj of layer 0, next pass")
         a.label("head_done")
 
@@ -404,15 +457,17 @@ class ProgramBuilder:
         """The greedy token (this device's argmax, then across the ring), TOKOUT, and another
         pass while tokens remain to be generated; then the count of tokens written, HALT."""
         a, plan = self.asm, self.plan
-        a.emit("ARGMAX", rd=R_TOK, sd=S_ARGMAX, a=_o(self.vb["logits"]),
+        a.emit("ARGMAX", rd=R_TOKEN_KIND_ROW, sd=S_ARGMAX, a=_o(self.vb["logits"]),
                len=_o(plan.vocab_rows[self.device]), base=_o(self.device * plan.vocab_slot))
-        a.emit("ARGMAXALL", rd=R_TOK, sd=S_ARGMAX, comment="greedy token, across the ring")
-        a.emit("MULI", rd=R_TMP, ra=R_NOUT, imm=4)
-        a.emit("TOKOUT", ra=R_TOK, addr=_o(DESC.out_tokens(plan.shape.n_positions), R_TMP))
-        a.emit("ADDI", rd=R_NOUT, ra=R_NOUT, imm=1)
-        a.emit("BLT", ra=R_NOUT, rb=R_MAXNEW, target="pass")
+        a.emit("ARGMAXALL", rd=R_TOKEN_KIND_ROW, sd=S_ARGMAX,
+               comment="greedy token, across the ring")
+        self._word_offset(R_SCRATCH2, R_N_OUT)
+        a.emit("TOKOUT", ra=R_TOKEN_KIND_ROW,
+               addr=_o(DESC.out_tokens(plan.shape.n_positions), R_SCRATCH2))
+        a.emit("ADDI", rd=R_N_OUT, ra=R_N_OUT, imm=1)
+        a.emit("BLT", ra=R_N_OUT, rb=R_MAX_NEW, target="pass")
         a.label("done")
-        a.emit("TOKOUT", ra=R_NOUT, addr=_o(DESC.N_OUT), comment="tokens written")
+        a.emit("TOKOUT", ra=R_N_OUT, addr=_o(DESC.N_OUT), comment="tokens written")
         a.emit("HALT")
 
     # -- the MoE FFN's per-token parts -------------------------------------------------------
@@ -422,44 +477,44 @@ class ProgramBuilder:
         `moe_y` cleared, then each chosen expert that this device holds."""
         a, vb, moe = self.asm, self.vb, self.moe
         experts = moe.experts
-        a.emit("MULI", rd=R_GO, ra=R_J, imm=moe.router_padded,
+        a.emit("MULI", rd=R_TOKEN_KIND_ROW, ra=R_J, imm=moe.router_padded,
                comment="this token's router logits")
-        logits = _o(vb["glog"], R_GO)
-        a.emit("ARGMAX", rd=R_E1, sd=S_MAX, a=logits, len=_o(experts), base=_o(0),
-               comment="first expert")
+        logits = _o(vb["glog"], R_TOKEN_KIND_ROW)
+        a.emit("ARGMAX", rd=R_QKV_OR_EXPERT1, sd=S_ROUTER_MAX, a=logits, len=_o(experts),
+               base=_o(0), comment="first expert")
         weighted = moe.top_k == 2 or not moe.renormalize
         if weighted:  # e_i = exp(logit_i - max): the first expert's is 1
-            a.emit("VADDS", dst=_o(vb["gexp"]), a=logits, s=S_MAX, len=_o(experts),
+            a.emit("VADDS", dst=_o(vb["gexp"]), a=logits, s=S_ROUTER_MAX, len=_o(experts),
                    flags={"neg"})
             a.emit("VEXP", dst=_o(vb["gexp"]), a=_o(vb["gexp"]), len=_o(experts))
         if moe.top_k == 2:
-            a.emit("ADD", rd=R_T, ra=R_GO, rb=R_E1)
-            a.emit("VSET", dst=_o(vb["glog"], R_T), s=S_NINF, comment="mask the first")
-            a.emit("ARGMAX", rd=R_E2, sd=S_SUM, a=logits, len=_o(experts), base=_o(0),
-                   comment="second expert")
-            for i, r_e in enumerate((R_E1, R_E2)):
-                a.emit("VGET", sd=S_SUM, src=_o(vb["gexp"], r_e))
-                a.emit("VSET", dst=_o(vb["gw"] + i), s=S_SUM)
+            a.emit("ADD", rd=R_SCRATCH, ra=R_TOKEN_KIND_ROW, rb=R_QKV_OR_EXPERT1)
+            a.emit("VSET", dst=_o(vb["glog"], R_SCRATCH), s=S_NEG_INF, comment="mask the first")
+            a.emit("ARGMAX", rd=R_OUT_OR_EXPERT2, sd=S_ROUTER_SUM, a=logits, len=_o(experts),
+                   base=_o(0), comment="second expert")
+            for i, r_e in enumerate((R_QKV_OR_EXPERT1, R_OUT_OR_EXPERT2)):
+                a.emit("VGET", sd=S_ROUTER_SUM, src=_o(vb["gexp"], r_e))
+                a.emit("VSET", dst=_o(vb["gw"] + i), s=S_ROUTER_SUM)
             if moe.renormalize:
-                a.emit("VSUM", sd=S_SUM, a=_o(vb["gw"]), len=_o(2), comment="e_1 + e_2")
+                a.emit("VSUM", sd=S_ROUTER_SUM, a=_o(vb["gw"]), len=_o(2), comment="e_1 + e_2")
             else:
-                a.emit("VSUM", sd=S_SUM, a=_o(vb["gexp"]), len=_o(experts),
+                a.emit("VSUM", sd=S_ROUTER_SUM, a=_o(vb["gexp"]), len=_o(experts),
                        comment="sum of e")
-            a.emit("SRECIP", sd=S_SUM, sa=S_SUM)
-            a.emit("VMULS", dst=_o(vb["gw"]), a=_o(vb["gw"]), s=S_SUM, len=_o(2))
-            a.emit("VGET", sd=S_W1, src=_o(vb["gw"]))
-            a.emit("VGET", sd=S_W2, src=_o(vb["gw"] + 1))
+            a.emit("SRECIP", sd=S_ROUTER_SUM, sa=S_ROUTER_SUM)
+            a.emit("VMULS", dst=_o(vb["gw"]), a=_o(vb["gw"]), s=S_ROUTER_SUM, len=_o(2))
+            a.emit("VGET", sd=S_WEIGHT1, src=_o(vb["gw"]))
+            a.emit("VGET", sd=S_WEIGHT2, src=_o(vb["gw"] + 1))
         elif weighted:  # top-1, raw probability: p_1 = 1 / sum(e)
-            a.emit("VSUM", sd=S_SUM, a=_o(vb["gexp"]), len=_o(experts))
-            a.emit("SRECIP", sd=S_W1, sa=S_SUM)
+            a.emit("VSUM", sd=S_ROUTER_SUM, a=_o(vb["gexp"]), len=_o(experts))
+            a.emit("SRECIP", sd=S_WEIGHT1, sa=S_ROUTER_SUM)
         hidden = self.plan.hidden_padded
         mine = vb["moe_y"] + self.device * hidden
-        a.emit("MULI", rd=R_T, ra=R_J, imm=self.plan.devices * hidden)
-        a.emit("VADD", dst=_o(mine, R_T), a=_o(vb["zero"]), b=_o(vb["zero"]), len=_o(hidden),
+        a.emit("MULI", rd=R_SCRATCH, ra=R_J, imm=self.plan.devices * hidden)
+        a.emit("VADD", dst=_o(mine, R_SCRATCH), a=_o(vb["zero"]), b=_o(vb["zero"]), len=_o(hidden),
                comment="clear this device's slot")
-        self._emit_expert(1, R_E1, S_W1 if weighted else None)
+        self._emit_expert(1, R_QKV_OR_EXPERT1, S_WEIGHT1 if weighted else None)
         if moe.top_k == 2:
-            self._emit_expert(2, R_E2, S_W2)
+            self._emit_expert(2, R_OUT_OR_EXPERT2, S_WEIGHT2)
 
     def _emit_expert(self, choice: int, r_expert: int, s_weight: int | None) -> None:
         """The `choice`-th chosen expert (index in `r_expert`) if this device holds it: its
@@ -470,34 +525,35 @@ class ProgramBuilder:
         ex = {k: self.lay["experts"] + r.offset for k, r in moe.expert_regions.items()}
         mine = vb["moe_y"] + self.device * hidden
         skip = f"expert{choice}_remote"
-        a.emit("MULI", rd=R_TMP, ra=R_L, imm=4 * moe.experts)
-        a.emit("MULI", rd=R_T, ra=r_expert, imm=4)
-        a.emit("ADD", rd=R_TMP, ra=R_TMP, rb=R_T)
-        a.emit("LDR", rd=R_T, addr=_o(moe.slot_table, R_TMP), comment="local slot or -1")
-        a.emit("BLT", ra=R_T, rb=0, target=skip, comment="held by another device")
-        a.emit("MULI", rd=R_T, ra=R_T, imm=moe.expert_stride)
-        a.emit("ADD", rd=R_T, ra=R_T, rb=R_WL, comment=f"choice {choice}: expert base")
-        a.emit("LOADV", dst=_o(vb["epar"]), src=_o(ex["epar"], R_T),
+        self._word_offset(R_SCRATCH2, R_LAYER, moe.experts)  # the layer's row of the table
+        self._word_offset(R_SCRATCH, r_expert)
+        a.emit("ADD", rd=R_SCRATCH2, ra=R_SCRATCH2, rb=R_SCRATCH)
+        a.emit("LDR", rd=R_SCRATCH, addr=_o(moe.slot_table, R_SCRATCH2), comment="local slot or -1")
+        a.emit("BLT", ra=R_SCRATCH, rb=R_ZERO, target=skip, comment="held by another device")
+        a.emit("MULI", rd=R_SCRATCH, ra=R_SCRATCH, imm=moe.expert_stride)
+        a.emit("ADD", rd=R_SCRATCH, ra=R_SCRATCH, rb=R_LAYER_BASE,
+               comment=f"choice {choice}: expert base")
+        a.emit("LOADV", dst=_o(vb["epar"]), src=_o(ex["epar"], R_SCRATCH),
                len=_o(expert_hidden + hidden), comment="expert biases")
-        a.emit("PREFETCH", w=_o(ex["e_fc"], R_T), ldb=plan.ldb_hidden, rows=_o(expert_hidden),
+        a.emit("PREFETCH", w=_o(ex["e_fc"], R_SCRATCH), ldb=plan.ldb_hidden, rows=_o(expert_hidden),
                cols=_o(hidden), comment="expert up")
-        a.emit("PREFETCH", w=_o(ex["e_proj"], R_T), ldb=moe.ldb_expert_hidden,
+        a.emit("PREFETCH", w=_o(ex["e_proj"], R_SCRATCH), ldb=moe.ldb_expert_hidden,
                rows=_o(hidden), cols=_o(expert_hidden), comment="expert down")
-        a.emit("MM", dst=_o(vb["em"]), src=_o(vb["h"], R_XO), w=_o(ex["e_fc"], R_T),
+        a.emit("MM", dst=_o(vb["em"]), src=_o(vb["h"], R_X_OFFSET), w=_o(ex["e_fc"], R_SCRATCH),
                ldb=plan.ldb_hidden, rows=_o(expert_hidden), cols=_o(hidden), ntok=_o(1),
                dstride=expert_hidden, sstride=hidden, bias=vb["epar"],
                flags={"bias", "prefetched"}, comment="expert up")
         a.emit("VGELU", dst=_o(vb["em"]), a=_o(vb["em"]), len=_o(expert_hidden))
-        a.emit("MM", dst=_o(vb["ey"]), src=_o(vb["em"]), w=_o(ex["e_proj"], R_T),
+        a.emit("MM", dst=_o(vb["ey"]), src=_o(vb["em"]), w=_o(ex["e_proj"], R_SCRATCH),
                ldb=moe.ldb_expert_hidden, rows=_o(hidden), cols=_o(expert_hidden), ntok=_o(1),
                dstride=hidden, sstride=expert_hidden, bias=vb["epar"] + expert_hidden,
                flags={"bias", "prefetched"}, comment="expert down")
         if s_weight is not None:
             a.emit("VMULS", dst=_o(vb["ey"]), a=_o(vb["ey"]), s=s_weight, len=_o(hidden),
                    comment="combine weight")
-        a.emit("MULI", rd=R_T, ra=R_J, imm=plan.devices * hidden)
-        a.emit("VADD", dst=_o(mine, R_T), a=_o(mine, R_T), b=_o(vb["ey"]), len=_o(hidden),
-               comment="into this device's slot")
+        a.emit("MULI", rd=R_SCRATCH, ra=R_J, imm=plan.devices * hidden)
+        a.emit("VADD", dst=_o(mine, R_SCRATCH), a=_o(mine, R_SCRATCH), b=_o(vb["ey"]),
+               len=_o(hidden), comment="into this device's slot")
         a.label(skip)
 
     # -- recurring sequences ---------------------------------------------------------------
@@ -520,33 +576,42 @@ class ProgramBuilder:
         a, plan = self.asm, self.plan
         hidden = plan.hidden_padded
         inv_n = 1.0 / plan.shape.n_embd
-        a.emit("VSUM", sd=1, a=src, len=_o(hidden), comment="layernorm: sum")
-        a.emit("SMULI", sd=2, sa=1, imm=inv_n, comment="mean")
-        a.emit("VADDS", dst=dst, a=src, s=2, len=_o(hidden), flags={"neg"}, comment="centre")
+        s_sum, s_mean, s_squares, s_var, s_var_eps, s_rstd = S_SCRATCH
+        a.emit("VSUM", sd=s_sum, a=src, len=_o(hidden), comment="layernorm: sum")
+        a.emit("SMULI", sd=s_mean, sa=s_sum, imm=inv_n, comment="mean")
+        a.emit("VADDS", dst=dst, a=src, s=s_mean, len=_o(hidden), flags={"neg"},
+               comment="centre")
         if plan.has_gaps:
             a.emit("VMUL", dst=dst, a=dst, b=_o(self.vb["cmask"]), len=_o(hidden),
                    comment="zero the layout's gaps")
-        a.emit("VDOT", sd=3, a=dst, b=dst, len=_o(hidden), comment="sum of squares")
-        a.emit("SMULI", sd=4, sa=3, imm=inv_n, comment="variance")
-        a.emit("SADDH", sd=5, sa=4, imm=plan.shape.layer_norm_epsilon, comment="+ eps")
-        a.emit("SRSQRT", sd=6, sa=5)
-        a.emit("VMULS", dst=dst, a=dst, s=6, len=_o(hidden))
+        a.emit("VDOT", sd=s_squares, a=dst, b=dst, len=_o(hidden), comment="sum of squares")
+        a.emit("SMULI", sd=s_var, sa=s_squares, imm=inv_n, comment="variance")
+        a.emit("SADDH", sd=s_var_eps, sa=s_var, imm=plan.shape.layer_norm_epsilon,
+               comment="+ eps")
+        a.emit("SRSQRT", sd=s_rstd, sa=s_var_eps)
+        a.emit("VMULS", dst=dst, a=dst, s=s_rstd, len=_o(hidden))
         a.emit("VFMA", dst=dst, a=dst, b=_o(gamma), c=_o(beta), len=_o(hidden),
                comment="affine")
 
     def _softmax(self, buf: Operand, length: Operand) -> None:
         """`hw.numerics.softmax`'s sequence; masked positions already hold -Inf."""
         a = self.asm
-        a.emit("VMAX", sd=1, a=buf, len=length, comment="softmax: max")
-        a.emit("VADDS", dst=buf, a=buf, s=1, len=length, flags={"neg"})
+        s_max, s_sum, s_recip = S_SCRATCH[:3]
+        a.emit("VMAX", sd=s_max, a=buf, len=length, comment="softmax: max")
+        a.emit("VADDS", dst=buf, a=buf, s=s_max, len=length, flags={"neg"})
         a.emit("VEXP", dst=buf, a=buf, len=length)
-        a.emit("VSUM", sd=2, a=buf, len=length)
-        a.emit("SRECIP", sd=3, sa=2)
-        a.emit("VMULS", dst=buf, a=buf, s=3, len=length)
+        a.emit("VSUM", sd=s_sum, a=buf, len=length)
+        a.emit("SRECIP", sd=s_recip, sa=s_sum)
+        a.emit("VMULS", dst=buf, a=buf, s=s_recip, len=length)
+
+    def _word_offset(self, rd: int, index: int, words_per_index: int = 1) -> None:
+        """rd = the byte offset of entry `index` (a register) of an int32 table in the scalar
+        area whose entries are `words_per_index` words long."""
+        self.asm.emit("MULI", rd=rd, ra=index, imm=words_per_index * SCALAR_WORD_BYTES)
 
     # -- the weight stream -----------------------------------------------------------------
 
-    def _prefetch(self, name: str, layer_offset: int = 0, base: int = R_WL,
+    def _prefetch(self, name: str, layer_offset: int = 0, base: int = R_LAYER_BASE,
                   comment: str = "") -> None:
         """PREFETCH this device's slice of the layer matrix `name` of the layer at `base`."""
         ldb, rows, cols = self.matrices[name]
@@ -555,8 +620,8 @@ class ProgramBuilder:
 
     def _prefetch_first_layer(self, name: str) -> None:
         """`name` of layer 0, for the next pass."""
-        self.asm.emit("LI", rd=R_TMP, imm=self.hbm["layers"])
-        self._prefetch(name, base=R_TMP, comment=f"{name} of layer 0, next pass")
+        self.asm.emit("LI", rd=R_SCRATCH2, imm=self.hbm["layers"])
+        self._prefetch(name, base=R_SCRATCH2, comment=f"{name} of layer 0, next pass")
 
     def _prefetch_head(self) -> None:
         plan = self.plan
@@ -603,22 +668,23 @@ class ProgramBuilder:
 
     def _branch_if_moe(self, target: str) -> None:
         if self.moe is not None:
-            self.asm.emit("BNE", ra=R_KIND, rb=0, target=target, comment="an MoE block")
+            self.asm.emit("BNE", ra=R_TOKEN_KIND_ROW, rb=R_ZERO, target=target,
+                          comment="an MoE block")
 
     def _branch_unless_more_layers(self, target: str) -> None:
         a = self.asm
-        a.emit("ADDI", rd=R_T, ra=R_L, imm=1)
-        a.emit("LI", rd=R_TMP, imm=self.plan.shape.n_layer)
-        a.emit("BGE", ra=R_T, rb=R_TMP, target=target)
+        a.emit("ADDI", rd=R_SCRATCH, ra=R_LAYER, imm=1)
+        a.emit("LI", rd=R_SCRATCH2, imm=self.plan.shape.n_layer)
+        a.emit("BGE", ra=R_SCRATCH, rb=R_SCRATCH2, target=target)
 
     def _branch_unless_head(self, target: str) -> None:
         """Continue when this pass ends the prompt (it computes the LM head)."""
         a = self.asm
-        a.emit("ADD", rd=R_T, ra=R_POS, rb=R_N)
-        a.emit("BLT", ra=R_T, rb=R_NPROMPT, target=target)
+        a.emit("ADD", rd=R_SCRATCH, ra=R_POS, rb=R_N)
+        a.emit("BLT", ra=R_SCRATCH, rb=R_PROMPT_LEN, target=target)
 
     def _branch_unless_another_token(self, target: str) -> None:
         """Continue when a pass follows this token-producing one."""
         a = self.asm
-        a.emit("ADDI", rd=R_T, ra=R_NOUT, imm=1)
-        a.emit("BGE", ra=R_T, rb=R_MAXNEW, target=target)
+        a.emit("ADDI", rd=R_SCRATCH, ra=R_N_OUT, imm=1)
+        a.emit("BGE", ra=R_SCRATCH, rb=R_MAX_NEW, target=target)
