@@ -18,7 +18,7 @@ device.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from hw.config import AccelConfig
 from hw.hbm import HbmImage
 from hw.isa import Instr
 
-from .device import DeviceError, IsaDevice
+from .device import RING_OPS, DeviceError, IsaDevice
 
 __all__ = ["IsaCluster"]
 
@@ -108,23 +108,40 @@ class IsaCluster:
             yield
 
     def _collective(self, waits: list[tuple[Instr, dict]]) -> None:
-        op = waits[0][0].op
-        devs = self.devices
-        if op == "ALLGATHER":
-            v0 = waits[0][1]
-            count, slice_, stride = int(v0["count"]), int(v0["slice"]), int(v0["stride"])
-            base = int(v0["base"])
-            for t in range(count):
-                row = base + t * stride
-                for owner in range(len(devs)):
-                    lo = row + owner * slice_
-                    data = devs[owner].vbuf[lo : lo + slice_].copy()
-                    for dev in devs:
-                        dev.vbuf[lo : lo + slice_] = data
-        elif op == "ARGMAXALL":
-            rd, sd = waits[0][0].args["rd"], waits[0][0].args["sd"]
-            best = max(((float(dev.sregs[sd]), -dev.regs[rd]) for dev in devs),
-                       key=lambda p: (not np.isnan(p[0]), p[0], p[1]))
+        _COLLECTIVES[waits[0][0].op](self.devices, waits)
+
+
+def _allgather(devs: list[IsaDevice], waits: list[tuple[Instr, dict]]) -> None:
+    v0 = waits[0][1]
+    count, slice_, stride = int(v0["count"]), int(v0["slice"]), int(v0["stride"])
+    base = int(v0["base"])
+    for t in range(count):
+        row = base + t * stride
+        for owner in range(len(devs)):
+            lo = row + owner * slice_
+            data = devs[owner].vbuf[lo : lo + slice_].copy()
             for dev in devs:
-                dev.sregs[sd] = np.float32(best[0])
-                dev._setr(rd, -best[1])
+                dev.vbuf[lo : lo + slice_] = data
+
+
+def _argmaxall(devs: list[IsaDevice], waits: list[tuple[Instr, dict]]) -> None:
+    rd, sd = waits[0][0].args["rd"], waits[0][0].args["sd"]
+    best = max(((float(dev.sregs[sd]), -dev.regs[rd]) for dev in devs),
+               key=lambda p: (not np.isnan(p[0]), p[0], p[1]))
+    for dev in devs:
+        dev.sregs[sd] = np.float32(best[0])
+        dev._setr(rd, -best[1])
+
+
+def _sync(devs: list[IsaDevice], waits: list[tuple[Instr, dict]]) -> None:
+    """A barrier moves nothing: its effect is the common start time."""
+
+
+#: What each ring opcode does to the devices' state once all of them have reached it (its
+#: timing is the devices' `commit_ring`); checked at import to cover `RING_OPS`.
+_COLLECTIVES: dict[str, Callable[[list[IsaDevice], list[tuple[Instr, dict]]], None]] = {
+    "ALLGATHER": _allgather,
+    "ARGMAXALL": _argmaxall,
+    "SYNC": _sync,
+}
+assert set(_COLLECTIVES) == RING_OPS, "every ring opcode of hw.isa needs its collective here"

@@ -7,9 +7,16 @@ them across all devices.
 
 In timing-only mode (`functional=False`) no arithmetic runs and no vector buffer exists; control
 flow and addresses still execute, so the instruction stream, and so the timing, is the same.
+
+Dispatch is a table keyed by opcode (`_EXECUTE`): one execution function per opcode, registered
+with `@_executes`, and checked at import to cover every opcode of `hw.isa` that is not the
+ring's (those are `IsaCluster`'s collectives). Costs and scoreboard footprints are `hw.perf`'s,
+derived from the same table.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -22,9 +29,27 @@ from hw.perf import Cost, Footprint, Timeline, footprint, op_cost
 
 __all__ = ["RING_OPS", "DeviceError", "IsaDevice"]
 
-RING_OPS = {"ALLGATHER", "ARGMAXALL", "SYNC"}
-_BRANCHES = {"BLT": lambda a, b: a < b, "BGE": lambda a, b: a >= b,
-             "BEQ": lambda a, b: a == b, "BNE": lambda a, b: a != b}
+#: Opcodes the ring engine executes: a device stops at them and `IsaCluster` carries them out.
+RING_OPS = frozenset(op for op, spec in OPCODES.items() if spec.engine == "ring")
+
+#: What each opcode the device runs itself does: opcode -> (function(device, v) returning the
+#: next pc or None to fall through, data-only). Data-only functions move or compute values and
+#: never steer control flow, so a timing-only run skips them. Filled by `_executes` below and
+#: checked at import to cover every opcode of `hw.isa` but the ring's.
+_EXECUTE: dict[str, tuple[Callable[[IsaDevice, dict], int | None], bool]] = {}
+
+
+def _executes(*ops: str, data: bool = True):
+    """Register the decorated function as the execution of `ops`."""
+
+    def register(fn):
+        for op in ops:
+            assert op in OPCODES, op
+            assert op not in _EXECUTE, op
+            _EXECUTE[op] = (fn, data)
+        return fn
+
+    return register
 
 
 class _Decoded:
@@ -175,46 +200,14 @@ class IsaDevice:
         d = self._decode(self.pc)
         cost, fp = self._timing(self.pc, d, v)
         start = self.timeline.ready(cost, fp, d.index_regs)
-        next_pc = self.pc + 1
-        regs = self.regs
-        if op in _BRANCHES:
-            if _BRANCHES[op](regs[v["ra"]], regs[v["rb"]]):
-                next_pc = v["target"]
-        elif op == "JMP":
-            next_pc = v["target"]
-        elif op == "HALT":
-            self.halted = True
-        elif op == "LI":
-            self._setr(v["rd"], v["imm"])
-        elif op == "ADDI":
-            self._setr(v["rd"], regs[v["ra"]] + v["imm"])
-        elif op == "ADD":
-            self._setr(v["rd"], regs[v["ra"]] + regs[v["rb"]])
-        elif op == "SUB":
-            self._setr(v["rd"], regs[v["ra"]] - regs[v["rb"]])
-        elif op == "MUL":
-            self._setr(v["rd"], regs[v["ra"]] * regs[v["rb"]])
-        elif op == "MULI":
-            self._setr(v["rd"], regs[v["ra"]] * v["imm"])
-        elif op == "MIN":
-            self._setr(v["rd"], min(regs[v["ra"]], regs[v["rb"]]))
-        elif op == "LDR":
-            self._setr(v["rd"], int(self.image.read_i32(int(v["addr"]))[0]))
-        elif op == "TOKOUT":
-            self.image.write_i32(int(v["addr"]), [regs[v["ra"]]])
-        elif op == "PREFETCH":
-            if len(self._pending_prefetch) >= self.config.prefetch_queue:
-                raise DeviceError(f"device {self.index} pc {self.pc}: PREFETCH with "
-                                  f"{len(self._pending_prefetch)} matrices already waiting; the "
-                                  f"prefetcher holds prefetch_queue={self.config.prefetch_queue}")
-            self._pending_prefetch.append((int(v["w"]), v["ldb"], int(v["rows"]),
-                                           int(v["cols"])))
-        elif op == "MM":
-            self._mm(v)
-        elif self.functional:
-            self._vector(op, v)
-        elif op in ("ARGMAX",):
-            self._setr(v["rd"], int(v["base"]))
+        entry = _EXECUTE.get(op)
+        if entry is None:
+            raise DeviceError(f"device {self.index} pc {self.pc}: {op} is a ring instruction; "
+                              "IsaCluster carries it out")
+        run, data_only = entry
+        next_pc = None if data_only and not self.functional else run(self, v)
+        if next_pc is None:
+            next_pc = self.pc + 1
         taken = next_pc != self.pc + 1
         done = self.timeline.commit(op, v, cost, fp, start, taken_branch=taken)
         self._record(instr, cost, start, done)
@@ -275,6 +268,109 @@ class IsaDevice:
         if rd:
             self.regs[rd] = _wrap32(value)
 
+    def _vlen(self, n: int) -> int:
+        return round_up(n, self.config.align)
+
+    # -- execution functions, one per opcode (see `_EXECUTE`) -------------------------------
+    # Each takes the resolved operands `v`; the vector-buffer ranges and registers it touches
+    # are the ones its `hw.isa` entry declares (tests/hw/test_isa_meaning.py checks this).
+
+    @_executes("NOP", data=False)
+    def _nop(self, v: dict) -> None:
+        pass
+
+    @_executes("HALT", data=False)
+    def _halt(self, v: dict) -> None:
+        self.halted = True
+
+    @_executes("LI", data=False)
+    def _li(self, v: dict) -> None:
+        self._setr(v["rd"], v["imm"])
+
+    @_executes("ADDI", data=False)
+    def _addi(self, v: dict) -> None:
+        self._setr(v["rd"], self.regs[v["ra"]] + v["imm"])
+
+    @_executes("ADD", data=False)
+    def _add(self, v: dict) -> None:
+        self._setr(v["rd"], self.regs[v["ra"]] + self.regs[v["rb"]])
+
+    @_executes("SUB", data=False)
+    def _sub(self, v: dict) -> None:
+        self._setr(v["rd"], self.regs[v["ra"]] - self.regs[v["rb"]])
+
+    @_executes("MUL", data=False)
+    def _mul(self, v: dict) -> None:
+        self._setr(v["rd"], self.regs[v["ra"]] * self.regs[v["rb"]])
+
+    @_executes("MULI", data=False)
+    def _muli(self, v: dict) -> None:
+        self._setr(v["rd"], self.regs[v["ra"]] * v["imm"])
+
+    @_executes("MIN", data=False)
+    def _min(self, v: dict) -> None:
+        self._setr(v["rd"], min(self.regs[v["ra"]], self.regs[v["rb"]]))
+
+    @_executes("BLT", data=False)
+    def _blt(self, v: dict) -> int | None:
+        return v["target"] if self.regs[v["ra"]] < self.regs[v["rb"]] else None
+
+    @_executes("BGE", data=False)
+    def _bge(self, v: dict) -> int | None:
+        return v["target"] if self.regs[v["ra"]] >= self.regs[v["rb"]] else None
+
+    @_executes("BEQ", data=False)
+    def _beq(self, v: dict) -> int | None:
+        return v["target"] if self.regs[v["ra"]] == self.regs[v["rb"]] else None
+
+    @_executes("BNE", data=False)
+    def _bne(self, v: dict) -> int | None:
+        return v["target"] if self.regs[v["ra"]] != self.regs[v["rb"]] else None
+
+    @_executes("JMP", data=False)
+    def _jmp(self, v: dict) -> int:
+        return v["target"]
+
+    @_executes("LDR", data=False)  # a job word may steer control flow
+    def _ldr(self, v: dict) -> None:
+        self._setr(v["rd"], int(self.image.read_i32(int(v["addr"]))[0]))
+
+    @_executes("TOKOUT", data=False)  # the host reads tokens in timing-only runs too
+    def _tokout(self, v: dict) -> None:
+        self.image.write_i32(int(v["addr"]), [self.regs[v["ra"]]])
+
+    @_executes("LOADV")
+    def _loadv(self, v: dict) -> None:
+        self._set_vec(v, "dst", self.image.read_vector(int(v["src"]), self._vlen(int(v["len"]))))
+
+    @_executes("STOREV")
+    def _storev(self, v: dict) -> None:
+        self.image.write_vector(int(v["dst"]), self._vec(v, "src", v["len"]))
+
+    @_executes("LOADR")
+    def _loadr(self, v: dict) -> None:
+        row = self.image.read_matrix(int(v["mat"]), v["ldb"], 1, self._vlen(int(v["len"])),
+                                     int(v["row"]))
+        self._set_vec(v, "dst", row.reshape(-1))
+
+    @_executes("STORER")
+    def _storer(self, v: dict) -> None:
+        self.image.write_row(int(v["mat"]), v["ldb"], int(v["row"]), self._vec(v, "src", v["len"]))
+
+    @_executes("STOREC")
+    def _storec(self, v: dict) -> None:
+        self.image.write_column(int(v["mat"]), v["ldb"], int(v["col"]),
+                                self._vec(v, "src", v["len"]))
+
+    @_executes("PREFETCH", data=False)  # the queue is checked in timing-only runs too
+    def _prefetch(self, v: dict) -> None:
+        if len(self._pending_prefetch) >= self.config.prefetch_queue:
+            raise DeviceError(f"device {self.index} pc {self.pc}: PREFETCH with "
+                              f"{len(self._pending_prefetch)} matrices already waiting; the "
+                              f"prefetcher holds prefetch_queue={self.config.prefetch_queue}")
+        self._pending_prefetch.append((int(v["w"]), v["ldb"], int(v["rows"]), int(v["cols"])))
+
+    @_executes("MM", data=False)  # matches its PREFETCH in timing-only runs too
     def _mm(self, v: dict) -> None:
         key = (int(v["w"]), v["ldb"], int(v["rows"]), int(v["cols"]))
         if self.mm_reads is not None:
@@ -308,70 +404,98 @@ class IsaDevice:
                 y = np.concatenate([y, np.full(padded - rows, -np.inf, np.float16)])
             self.vbuf[self._vrange(dst, len(y), "MM dst")] = y
 
-    def _vector(self, op: str, v: dict) -> None:
-        cfg = self.config
-        width = cfg.vector_width
-        n = int(v.get("len", 0))
-        if op == "LOADV":
-            self._set_vec(v, "dst", self.image.read_vector(int(v["src"]), self._len(n)))
-        elif op == "STOREV":
-            self.image.write_vector(int(v["dst"]), self._vec(v, "src", n))
-        elif op == "LOADR":
-            row = self.image.read_matrix(int(v["mat"]), v["ldb"], 1, self._len(n), int(v["row"]))
-            self._set_vec(v, "dst", row.reshape(-1))
-        elif op == "STORER":
-            self.image.write_row(int(v["mat"]), v["ldb"], int(v["row"]), self._vec(v, "src", n))
-        elif op == "STOREC":
-            self.image.write_column(int(v["mat"]), v["ldb"], int(v["col"]),
-                                    self._vec(v, "src", n))
-        elif op == "VADD":
-            self._set_vec(v, "dst", nx.vadd(self._vec(v, "a", n), self._vec(v, "b", n)))
-        elif op == "VMUL":
-            self._set_vec(v, "dst", nx.vmul(self._vec(v, "a", n), self._vec(v, "b", n)))
-        elif op == "VFMA":
-            self._set_vec(v, "dst", nx.vfma(self._vec(v, "a", n), self._vec(v, "b", n),
-                                            self._vec(v, "c", n)))
-        elif op == "VADDS":
-            s = self.sregs[v["s"]]
-            s = -s if "neg" in v["flags"] else s
-            self._set_vec(v, "dst", nx.vadd(self._vec(v, "a", n), np.float32(s)))
-        elif op == "VMULS":
-            r = nx.round_fp16(self.sregs[v["s"]])
-            self._set_vec(v, "dst", nx.vmul(self._vec(v, "a", n), r))
-        elif op == "VEXP":
-            self._set_vec(v, "dst", nx.exp(self._vec(v, "a", n)))
-        elif op == "VGELU":
-            self._set_vec(v, "dst", nx.gelu(self._vec(v, "a", n)))
-        elif op == "VSUM":
-            self.sregs[v["sd"]] = nx.reduce_sum(self._vec(v, "a", n), width)
-        elif op == "VMAX":
-            self.sregs[v["sd"]] = nx.widen(nx.reduce_max(self._vec(v, "a", n), width))
-        elif op == "VDOT":
-            self.sregs[v["sd"]] = nx.dot(self._vec(v, "a", n), self._vec(v, "b", n), width)
-        elif op == "ARGMAX":
-            x = self._vec(v, "a", n)
-            if self.argmax_inputs is not None and self.argmax_pc in (None, self.pc):
-                self.argmax_inputs.append(x[:n].copy())
-            idx = int(np.argmax(x.astype(np.float32)))
-            self._setr(v["rd"], int(v["base"]) + idx)
-            self.sregs[v["sd"]] = np.float32(x[idx])
-        elif op == "VSET":
-            self.vbuf[self._vrange(int(v["dst"]), 1, "VSET")] = nx.round_fp16(
-                self.sregs[v["s"]])
-        elif op == "VGET":
-            self.sregs[v["sd"]] = nx.widen(self.vbuf[self._vrange(int(v["src"]), 1, "VGET")])[0]
-        elif op == "SLI":
-            self.sregs[v["sd"]] = np.float32(v["imm"])
-        elif op == "SMULI":
-            self.sregs[v["sd"]] = nx.mul32(self.sregs[v["sa"]], np.float32(v["imm"]))
-        elif op == "SADDH":
-            self.sregs[v["sd"]] = nx.widen(nx.vadd(self.sregs[v["sa"]], np.float16(v["imm"])))
-        elif op == "SRECIP":
-            self.sregs[v["sd"]] = nx.widen(nx.reciprocal(nx.round_fp16(self.sregs[v["sa"]])))
-        elif op == "SRSQRT":
-            self.sregs[v["sd"]] = nx.widen(nx.rsqrt(nx.round_fp16(self.sregs[v["sa"]])))
-        elif op != "NOP":
-            raise DeviceError(f"device {self.index} pc {self.pc}: no semantics for {op}")
+    @_executes("VADD")
+    def _vadd(self, v: dict) -> None:
+        n = v["len"]
+        self._set_vec(v, "dst", nx.vadd(self._vec(v, "a", n), self._vec(v, "b", n)))
 
-    def _len(self, n: int) -> int:
-        return round_up(n, self.config.align)
+    @_executes("VMUL")
+    def _vmul(self, v: dict) -> None:
+        n = v["len"]
+        self._set_vec(v, "dst", nx.vmul(self._vec(v, "a", n), self._vec(v, "b", n)))
+
+    @_executes("VFMA")
+    def _vfma(self, v: dict) -> None:
+        n = v["len"]
+        self._set_vec(v, "dst", nx.vfma(self._vec(v, "a", n), self._vec(v, "b", n),
+                                        self._vec(v, "c", n)))
+
+    @_executes("VADDS")
+    def _vadds(self, v: dict) -> None:
+        s = self.sregs[v["s"]]
+        s = -s if "neg" in v["flags"] else s
+        self._set_vec(v, "dst", nx.vadd(self._vec(v, "a", v["len"]), np.float32(s)))
+
+    @_executes("VMULS")
+    def _vmuls(self, v: dict) -> None:
+        r = nx.round_fp16(self.sregs[v["s"]])
+        self._set_vec(v, "dst", nx.vmul(self._vec(v, "a", v["len"]), r))
+
+    @_executes("VEXP")
+    def _vexp(self, v: dict) -> None:
+        self._set_vec(v, "dst", nx.exp(self._vec(v, "a", v["len"])))
+
+    @_executes("VGELU")
+    def _vgelu(self, v: dict) -> None:
+        self._set_vec(v, "dst", nx.gelu(self._vec(v, "a", v["len"])))
+
+    @_executes("VSUM")
+    def _vsum(self, v: dict) -> None:
+        self.sregs[v["sd"]] = nx.reduce_sum(self._vec(v, "a", v["len"]),
+                                            self.config.vector_width)
+
+    @_executes("VMAX")
+    def _vmax(self, v: dict) -> None:
+        self.sregs[v["sd"]] = nx.widen(nx.reduce_max(self._vec(v, "a", v["len"]),
+                                                     self.config.vector_width))
+
+    @_executes("VDOT")
+    def _vdot(self, v: dict) -> None:
+        n = v["len"]
+        self.sregs[v["sd"]] = nx.dot(self._vec(v, "a", n), self._vec(v, "b", n),
+                                     self.config.vector_width)
+
+    @_executes("ARGMAX", data=False)  # its index register may steer control flow
+    def _argmax(self, v: dict) -> None:
+        if not self.functional:  # no data: the first index
+            self._setr(v["rd"], int(v["base"]))
+            return
+        n = int(v["len"])
+        x = self._vec(v, "a", n)
+        if self.argmax_inputs is not None and self.argmax_pc in (None, self.pc):
+            self.argmax_inputs.append(x[:n].copy())
+        idx = int(np.argmax(x.astype(np.float32)))
+        self._setr(v["rd"], int(v["base"]) + idx)
+        self.sregs[v["sd"]] = np.float32(x[idx])
+
+    @_executes("VSET")
+    def _vset(self, v: dict) -> None:
+        self.vbuf[self._vrange(int(v["dst"]), 1, "VSET")] = nx.round_fp16(self.sregs[v["s"]])
+
+    @_executes("VGET")
+    def _vget(self, v: dict) -> None:
+        self.sregs[v["sd"]] = nx.widen(self.vbuf[self._vrange(int(v["src"]), 1, "VGET")])[0]
+
+    @_executes("SLI")
+    def _sli(self, v: dict) -> None:
+        self.sregs[v["sd"]] = np.float32(v["imm"])
+
+    @_executes("SMULI")
+    def _smuli(self, v: dict) -> None:
+        self.sregs[v["sd"]] = nx.mul32(self.sregs[v["sa"]], np.float32(v["imm"]))
+
+    @_executes("SADDH")
+    def _saddh(self, v: dict) -> None:
+        self.sregs[v["sd"]] = nx.widen(nx.vadd(self.sregs[v["sa"]], np.float16(v["imm"])))
+
+    @_executes("SRECIP")
+    def _srecip(self, v: dict) -> None:
+        self.sregs[v["sd"]] = nx.widen(nx.reciprocal(nx.round_fp16(self.sregs[v["sa"]])))
+
+    @_executes("SRSQRT")
+    def _srsqrt(self, v: dict) -> None:
+        self.sregs[v["sd"]] = nx.widen(nx.rsqrt(nx.round_fp16(self.sregs[v["sa"]])))
+
+
+assert set(_EXECUTE) == set(OPCODES) - RING_OPS, \
+    f"opcodes without an execution function: {sorted(set(OPCODES) - RING_OPS - set(_EXECUTE))}"
