@@ -18,6 +18,17 @@ models.tokenizer, <eom> the end of the middle):
 SPM is the variant of the paper's appendix that puts the prefix right before the middle, so
 an infill prompt in either order ends where the middle starts. An infill prompt is the order
 up to and including <mid>; the model writes the middle and closes it with <eom>.
+
+Document-level or context-level FIM. With `max_chars` 0 the transform cuts whole documents
+(files), as above. A model trained on windows much shorter than its documents then almost
+never sees <pre> prefix <suf> suffix <mid> middle in one window: the stdlib's files average
+~5,200 tokens, so at 128 or 256-token windows the prefix that a middle continues lies
+thousands of tokens back, and no window holds a whole example. The paper also describes
+context-level FIM, which transforms context-sized fragments instead, and reports better
+infilling with it. Its form here: with `max_chars` > 0, each document is first cut at line
+ends into consecutive pieces of at most `max_chars` characters (`fim_pieces`; a longer line
+is cut inside), and every piece is drawn and transformed on its own, in order. Consecutive
+plain pieces are tokenised together, so at rate 0 the stream is the document-level one.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ __all__ = [
     "FIMConfig",
     "FIMExample",
     "ensure_fim",
+    "fim_pieces",
     "fim_token_ids",
     "fim_token_stream",
     "fim_train_data",
@@ -61,12 +73,17 @@ def _rate(name: str, value) -> float:
 
 @dataclass(frozen=True)
 class FIMConfig:
-    rate: float = 0.5  # share of documents transformed (the rest stay left-to-right)
+    rate: float = 0.5  # share of documents (or pieces) transformed (the rest stay left-to-right)
     spm_rate: float = 0.5  # share of the transformed documents in SPM order (the rest PSM)
+    max_chars: int = 0  # context-level FIM: pieces of at most this many characters; 0: documents
 
     def __post_init__(self) -> None:
         _rate("FIM rate", self.rate)
         _rate("FIM SPM rate", self.spm_rate)
+        if isinstance(self.max_chars, bool) or not isinstance(self.max_chars, numbers.Integral) \
+                or self.max_chars < 0:
+            raise ModelConfigError(
+                f"FIM max_chars must be an integer >= 0, not {self.max_chars!r}")
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,32 @@ class FIMExample:
     @property
     def document(self) -> str:
         return self.prefix + self.middle + self.suffix
+
+
+def fim_pieces(doc: str, max_chars: int) -> list[str]:
+    """`doc` cut into consecutive pieces of at most `max_chars` characters, each ending at a
+    line end where it can (a line longer than `max_chars` is cut inside); "".join(pieces) is
+    `doc`. A document that fits (the empty one too) is one piece."""
+    if max_chars < 1:
+        raise ModelConfigError(f"max_chars must be at least 1, not {max_chars}")
+    if len(doc) <= max_chars:
+        return [doc]
+    pieces: list[str] = []
+    current = ""
+    for line in doc.splitlines(keepends=True):
+        if current and len(current) + len(line) > max_chars:
+            pieces.append(current)
+            current = ""
+        while len(line) > max_chars:
+            pieces.append(line[:max_chars])
+            line = line[max_chars:]
+        current += line
+        if len(current) == max_chars:
+            pieces.append(current)
+            current = ""
+    if current:
+        pieces.append(current)
+    return pieces
 
 
 def fim_transform(doc: str, rng: np.random.Generator, config: FIMConfig = FIMConfig()
@@ -132,14 +175,25 @@ def infill_prompt_ids(tokenizer: Tokenizer, prefix: str, suffix: str, mode: str 
 
 def fim_token_stream(documents: Iterable[str], tokenizer: Tokenizer, config: FIMConfig,
                      seed: int, eot_id: int) -> np.ndarray:
-    """Token stream of documents, each FIM-transformed with probability `config.rate` and
-    followed by `eot_id`, as `prepare_corpus` lays out a split; reproducible for a seed."""
+    """Token stream of documents, each FIM-transformed with probability `config.rate` (with
+    `config.max_chars`, each of its pieces) and followed by `eot_id`, as `prepare_corpus` lays
+    out a split; reproducible for a seed."""
     rng = np.random.default_rng(seed)
     ids: list[int] = []
     for doc in documents:
-        example = fim_transform(doc, rng, config)
-        ids.extend(tokenizer.encode(doc) if example is None else
-                   fim_token_ids(example, tokenizer))
+        pieces = fim_pieces(doc, config.max_chars) if config.max_chars else [doc]
+        plain = ""  # consecutive plain pieces, tokenised together
+        for piece in pieces:
+            example = fim_transform(piece, rng, config)
+            if example is None:
+                plain += piece
+                continue
+            if plain:
+                ids.extend(tokenizer.encode(plain))
+                plain = ""
+            ids.extend(fim_token_ids(example, tokenizer))
+        if plain:
+            ids.extend(tokenizer.encode(plain))
         ids.append(eot_id)
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
     return np.asarray(ids, dtype=dtype)

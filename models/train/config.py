@@ -79,6 +79,7 @@ class TrainConfig:
     # fill-in-the-middle: training documents transformed at the character level (PSM / SPM)
     fim_rate: float = 0.0  #: share of training documents FIM-transformed; 0 trains left-to-right
     fim_spm_rate: float = 0.5  #: share of the transformed documents in SPM order
+    fim_max_chars: int = 0  #: context-level FIM: pieces of at most this many characters; 0: files
 
     def __post_init__(self) -> None:
         positive = ("n_layer", "n_embd", "n_head", "block_size", "batch_size", "grad_accum",
@@ -128,6 +129,10 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or \
                     not 0 <= value <= 1:
                 raise ModelConfigError(f"{name} must be a number in [0, 1], not {value!r}")
+        if isinstance(self.fim_max_chars, bool) or not isinstance(self.fim_max_chars, int) or \
+                self.fim_max_chars < 0:
+            raise ModelConfigError(
+                f"fim_max_chars must be an integer >= 0, not {self.fim_max_chars!r}")
         if self.fim_rate > 0 and (self.init_from or self.distill_from):
             raise ModelConfigError(
                 "fim_rate > 0 trains a new vocabulary (the FIM sentinels); it cannot start "

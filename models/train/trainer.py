@@ -31,8 +31,9 @@ adds a Mixture-of-Students distillation term towards a teacher checkpoint.
 Data efficiency (`data_efficiency`, DeepSpeed's JSON): curriculum learning draws the windows
 (a seqlen_truncate curriculum shortens them; the log's `tokens` counts what was drawn) and
 random-LTD drops tokens in the middle layers. FIM (`fim_rate`): the train split is decoded
-into its documents, FIM-transformed at the character level once per run (seeded) and
-tokenised again with the sentinels (`models.data.fim.fim_train_data`); the validation split
+into its documents, FIM-transformed at the character level once per run (seeded; whole
+documents, or with `fim_max_chars` context-level pieces of them) and tokenised again with the
+sentinels (`models.data.fim.fim_train_data`); the validation split
 stays left-to-right, and the checkpoint's tokenizer.json carries the sentinels.
 """
 
@@ -582,8 +583,8 @@ def _train(cfg, data_dir, out_dir, resume, ctx: DistContext, progress, model_bui
     check_fits(cfg, data.meta.vocab_size, data.meta.eot_id)
     tokenizer = None  # the corpus' own tokenizer.json, unless FIM adds the sentinels
     if cfg.fim_rate > 0:
-        data, tokenizer = fim_train_data(data, FIMConfig(cfg.fim_rate, cfg.fim_spm_rate),
-                                         cfg.seed)
+        data, tokenizer = fim_train_data(
+            data, FIMConfig(cfg.fim_rate, cfg.fim_spm_rate, cfg.fim_max_chars), cfg.seed)
     out = Path(out_dir)
     dev = ctx.device
 
