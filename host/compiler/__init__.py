@@ -1,9 +1,17 @@
 """The compiler: a GPT-2 or MoE-GPT checkpoint plus an `AccelConfig` -> one program per device,
 the per-device HBM images and a symbol map (for MoE-GPT, with the expert placement; see `moe`).
 
-Steps (each its own module): `plan` partitions the model across devices and lays out the vector
-buffer and HBM; `codegen` emits the program; `images` writes the weights into the layouts.
-Anything that cannot be mapped is refused with a `CompileError` naming the limit.
+Steps, each its own module, run by `compile_model`:
+- `plan` partitions the model across the devices (attention by heads, every matrix by output
+  columns), pads each vector into one slot per device, and lays out the vector buffer and
+  every HBM channel (`Plan`); `moe` places an MoE-GPT's experts on the ring;
+- `codegen` emits each device's program (`ProgramBuilder`): read the job descriptor, then
+  passes of n tokens (prefill chunks, then one token per decode step) through the
+  embeddings, every layer's attention and MLP or MoE FFN, and the LM head with an argmax
+  across the ring, the weights streamed two matrices ahead;
+- `images` writes the checkpoint's weights, rounded to FP16, into each device's HBM layout.
+
+Anything that cannot be mapped is refused with a `CompileError` (`errors`) naming the limit.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ __all__ = ["CompileError", "CompiledModel", "ModelShape", "Plan", "compile_model
 
 @dataclass
 class CompiledModel:
+    """What `compile_model` produced: everything a Device backend loads and a reader needs."""
+
     plan: Plan
     programs: list[list[Instr]]  # one per device
     images: list[HbmImage] | None  # one per device; None for a timing-only compile

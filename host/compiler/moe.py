@@ -6,16 +6,16 @@ on the ring's cost model (`Topology.ring` from the config's link figures), with 
 weight streaming time as its compute cost, so that busy experts spread over the ring.
 
 On every device, per MoE block:
-- the router matrix (E x cp) is replicated; the device computes the router logits, the top-1
-  (ARGMAX) and for top-2 the second choice (ARGMAX after masking the first), and the combine
-  weights (exp of logit - max, renormalised over the k chosen, or over all E);
+- the router matrix (E x hidden_padded) is replicated; the device computes the router logits,
+  the top-1 (ARGMAX) and for top-2 the second choice (ARGMAX after masking the first), and the
+  combine weights (exp of logit - max, renormalised over the k chosen, or over all E);
 - a table in channel 0's scalar area maps (layer, expert) -> the local slot of that expert or
   -1; an expert that is local is run from `experts + slot * expert_stride`, an address
   computed in a register at run time;
 - each device writes the weighted sum of its local experts' outputs (or zeros) into its own
-  slot of a D x cp buffer; after an ALLGATHER every device sums the D slots in device order.
-  Adding zeros is exact and FP16 addition commutes, so the result is bit-identical for every
-  device count and placement.
+  slot of a D x hidden_padded buffer; after an ALLGATHER every device sums the D slots in
+  device order. Adding zeros is exact and FP16 addition commutes, so the result is
+  bit-identical for every device count and placement.
 
 Dense and MoE blocks share one layer layout up to the attention projection (LayerNorm and bias
 vector, QKV, projection); the rest of a layer's region holds either the dense MLP or the

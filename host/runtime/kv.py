@@ -1,12 +1,12 @@
 """The KV cache between the host and the devices: the golden model's `present` in the
 accelerator's HBM layout, and back.
 
-The layout is the compiler's (`host.compiler.plan`): device d owns heads
-d*H/D .. (d+1)*H/D - 1; per layer and local head h it holds
-- `k{h}`: a striped matrix of n_positions rows of `hdp` FP16 values (row t: the key at
-  position t, zero-padded from head_dim to hdp), and
-- `v{h}`: a striped matrix of `hdp` rows of `tp` FP16 values (transposed: row i holds value
-  dimension i at every position, column t).
+The layout is the compiler's (`host.compiler.plan`): device d owns the `head_counts[d]`
+consecutive heads from `head_start(d)`; per layer and local head h it holds
+- `k{h}`: a striped matrix of n_positions rows of `head_dim_padded` FP16 values (row t: the
+  key at position t, zero-padded from head_dim), and
+- `v{h}`: a striped matrix of `head_dim_padded` rows of `positions_padded` FP16 values
+  (transposed: row i holds value dimension i at every position, column t).
 
 `kv_writes` yields the contiguous runs a DMA would copy: for a key matrix one run per channel
 (the rows a channel holds are adjacent), for the transposed values one run per row. The runs
@@ -65,18 +65,18 @@ def kv_writes(plan: Plan, kv: KvCache, device: int) -> Iterator[tuple[int, int, 
         return
     cfg = plan.config
     ports, beat = cfg.hbm_ports, cfg.beat_bytes
-    hd, hdp = plan.head_dim, plan.head_dim_padded
+    head_dim, padded = plan.head_dim, plan.head_dim_padded
     for layer, (k_all, v_all) in enumerate(kv):
         for h in range(plan.head_counts[device]):
             g = plan.head_start(device) + h  # global head
             k_base, v_base = _bases(plan, layer, h)
-            k = np.zeros((t, plan.ldb_head_dim * cfg.lane_width), np.float16)  # (T, hdp padded)
-            k[:, :hd] = np.asarray(k_all[g], np.float32).astype(np.float16)
+            k = np.zeros((t, plan.ldb_head_dim * cfg.lane_width), np.float16)  # (T, padded)
+            k[:, :head_dim] = np.asarray(k_all[g], np.float32).astype(np.float16)
             for c in range(min(ports, t)):
                 yield c, row_location(k_base, c, plan.ldb_head_dim, ports, beat)[1], k[c::ports]
-            vt = np.zeros((hdp, t), np.float16)  # (hdp, T): transposed
-            vt[:hd] = np.asarray(v_all[g], np.float32).astype(np.float16).T
-            for i in range(hdp):
+            vt = np.zeros((padded, t), np.float16)  # (padded, T): transposed
+            vt[:head_dim] = np.asarray(v_all[g], np.float32).astype(np.float16).T
+            for i in range(padded):
                 channel, offset = row_location(v_base, i, plan.ldb_positions, ports, beat)
                 yield channel, offset, vt[i]
 
