@@ -81,7 +81,7 @@ R_J = 9
 R_SCRATCH = 10
 #: The generated token: written by the argmax and read by the next pass's embedding, both
 #: outside the layers. Inside a layer of an MoE model, where no token is live, the layer's
-#: kind, and then in the MoE FFN the offset of token j's router logits.
+#: kind; then, in the MoE FFN, the offset of token j's router logits and of its `moe_y` row.
 R_TOKEN_KIND_ROW = 11
 #: Token j's offset in the hidden-vector buffers (x, h, y).
 R_X_OFFSET = 12
@@ -378,10 +378,9 @@ class ProgramBuilder:
                flags={"bias", "prefetched"}, comment="MLP up")
         self._queue_after_mlp_up("up")
         m_local = vb["m"] + self.device * plan.mlp_slot
+        m = _o(m_local, R_OUT_OR_EXPERT2)
         self._token_loop("gelu_loop", lambda: a.emit(
-            "VGELU", dst=_o(m_local, R_OUT_OR_EXPERT2), a=_o(m_local, R_OUT_OR_EXPERT2),
-            len=_o(plan.mlp_slot)),
-            {R_OUT_OR_EXPERT2: mlp})
+            "VGELU", dst=m, a=m, len=_o(plan.mlp_slot)), {R_OUT_OR_EXPERT2: mlp})
         a.emit("ALLGATHER", base=_o(vb["m"]), slice=plan.mlp_slot, stride=mlp,
                count=_o(0, R_N))
         a.emit("MM", dst=_o(vb["y"] + self.device * plan.hidden_slot), src=_o(vb["m"]),
