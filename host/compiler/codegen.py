@@ -49,6 +49,7 @@ from collections.abc import Callable
 from hw.isa import Instr, Operand
 from hw.layout import DESC
 
+from .moe import MoEPlan
 from .plan import SCALAR_WORD_BYTES, Plan
 
 __all__ = ["R_LAYER", "Asm", "ProgramBuilder", "generate_program"]
@@ -398,7 +399,7 @@ class ProgramBuilder:
         """An MoE block's FFN (see `host.compiler.moe`): router, top-k, the local experts, the
         ring, the sum of the devices' slots and the residual. Ends with the two PREFETCHes the
         dense FFN would have queued, so the weight stream continues unchanged."""
-        a, plan, vb, moe = self.asm, self.plan, self.vb, self.moe
+        a, plan, vb, moe = self.asm, self.plan, self.vb, self._moe_plan()
         hidden, experts, d = plan.hidden_padded, moe.experts, plan.devices
         row = d * hidden  # one token's D slots
         a.emit("MM", dst=_o(vb["glog"]), src=_o(vb["h"]), w=_o(self.lay["gate"], R_LAYER_BASE),
@@ -471,10 +472,15 @@ class ProgramBuilder:
 
     # -- the MoE FFN's per-token parts -------------------------------------------------------
 
+    def _moe_plan(self) -> MoEPlan:
+        """The expert plan: only an MoE model's program has the parts that ask for it."""
+        assert self.moe is not None
+        return self.moe
+
     def _emit_route(self) -> None:
         """One token of an MoE block: its top-k experts and combine weights, its slot of
         `moe_y` cleared, then each chosen expert that this device holds."""
-        a, vb, moe = self.asm, self.vb, self.moe
+        a, vb, moe = self.asm, self.vb, self._moe_plan()
         experts = moe.experts
         a.emit("MULI", rd=R_TOKEN_KIND_ROW, ra=R_J, imm=moe.router_padded,
                comment="this token's router logits")
@@ -519,7 +525,7 @@ class ProgramBuilder:
         """The `choice`-th chosen expert (index in `r_expert`) if this device holds it: its
         slot from the table, its biases and matrices, weighted by `s_weight` (None: weight 1)
         into this device's slot of the token's `moe_y` row."""
-        a, plan, vb, moe = self.asm, self.plan, self.vb, self.moe
+        a, plan, vb, moe = self.asm, self.plan, self.vb, self._moe_plan()
         hidden, expert_hidden = plan.hidden_padded, moe.expert_hidden_padded
         ex = {k: self.lay["experts"] + r.offset for k, r in moe.expert_regions.items()}
         mine = vb["moe_y"] + self.device * hidden

@@ -64,9 +64,10 @@ def build_image(plan: Plan, state: dict, device: int) -> HbmImage:
 
     hl = plan.head_counts[dev]
     heads = range(plan.head_start(dev), plan.head_start(dev) + hl)
-    qkv_src = [part * c + h * hd + np.arange(hd) for part in range(3) for h in heads]
-    qkv_dst = [i * plan.head_dim_padded + np.arange(hd) for i in range(3 * hl)]
-    qkv_src, qkv_dst = np.concatenate(qkv_src), np.concatenate(qkv_dst)
+    # QKV rows: q, k and v of this device's heads, each head padded to head_dim_padded
+    qkv_src = np.concatenate([part * c + h * hd + np.arange(hd)
+                              for part in range(3) for h in heads])
+    qkv_dst = np.concatenate([i * plan.head_dim_padded + np.arange(hd) for i in range(3 * hl)])
     out_c = np.arange(plan.hidden_start(dev), plan.hidden_start(dev) + plan.hidden_counts[dev])
     out_i = np.arange(plan.mlp_start(dev), plan.mlp_start(dev) + plan.mlp_counts[dev])
     for layer in range(s.n_layer):
@@ -105,8 +106,8 @@ def build_image(plan: Plan, state: dict, device: int) -> HbmImage:
             par[r.offset : r.offset + r.size] = fields[k]
         image.write_vector(lay["par"], par)
     if plan.moe is not None:
-        for offset, words in scalar_tables(plan, dev).items():
-            image.write_i32(offset, words)
+        for offset, table in scalar_tables(plan, dev).items():
+            image.write_i32(offset, table)
     return image
 
 
@@ -114,6 +115,7 @@ def _write_moe_layer(image: HbmImage, plan: Plan, state: dict, layer: int, devic
                      lay: dict, col_c: np.ndarray) -> None:
     """The router (every device) and this device's experts, each whole, in slot order."""
     m = plan.moe
+    assert m is not None  # called for the MoE blocks of an MoE model only
     p = f"transformer.h.{layer}.mlp."
     gate = _fp16(state[p + "gate.weight"]).T  # (E out, C in)
     image.write_matrix(lay["gate"], plan.ldb_hidden, _place(gate, col_c, plan.hidden_padded))

@@ -31,6 +31,7 @@ from hw.config import AccelConfig
 from hw.intmath import ceil_div, round_up
 
 from .errors import CompileError
+from .region import Region
 
 __all__ = ["MoEPlan", "measure_expert_loads", "plan_moe", "scalar_tables"]
 
@@ -66,7 +67,7 @@ class MoEPlan:
     """layer -> the ring cost model's step time for the chosen placement."""
     expert_loads: dict[int, list[float]] = field(default_factory=dict)
     """layer -> the tokens per expert the placement used."""
-    expert_regions: dict[str, object] = field(default_factory=dict)
+    expert_regions: dict[str, Region] = field(default_factory=dict)
     """Offsets inside one expert slot (biases, up and down projections)."""
     expert_stride: int = 0
     """Bytes per channel of one expert slot."""

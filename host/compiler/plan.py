@@ -41,6 +41,7 @@ from hw.layout import DESC, matrix_bytes_per_channel, vector_bytes_per_channel
 
 from .errors import CompileError
 from .moe import MoEPlan, plan_moe
+from .region import Region
 
 __all__ = ["SCALAR_WORD_BYTES", "ModelShape", "Plan", "make_plan", "slot_positions",
            "split_counts"]
@@ -140,14 +141,6 @@ def _moe_fields(config) -> dict:
                            "not supported on the accelerator; give every block the same count")
     return {"moe_layers": tuple(config.moe_layers), "moe_experts": counts.pop(),
             "moe_top_k": config.moe_top_k, "moe_renormalize": bool(config.moe_renormalize)}
-
-
-@dataclass
-class Region:
-    """A named allocation: VBUF words, or bytes per HBM channel at the same offset in each."""
-
-    offset: int
-    size: int
 
 
 @dataclass
