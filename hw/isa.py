@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,24 +168,26 @@ class Range:
     flag: str | None = None
     negated: bool = False  # `unless flag`
     names: tuple[str, ...] = field(default=(), compare=False)  # operands `length` reads
-    _code: object = field(default=None, compare=False, repr=False)
+    #: `length` compiled once: function(up, devices, *operand values in `names` order)
+    _length: Callable = field(default=None, compare=False, repr=False)
 
     @classmethod
     def parse(cls, text: str, space: str = "vbuf") -> Range:
         m = _RANGE_RE.match(text)
         if m is None:
             raise AssertionError(f"malformed range {text!r}")
-        code = compile(m["length"], text, "eval")
+        names = tuple(n for n in compile(m["length"], text, "eval").co_names
+                      if n not in _LENGTH_NAMES)
+        # the table's own text, evaluated with nothing but its operands, `up` and `devices`
+        length = eval(f"lambda up, devices, {', '.join(names)}: {m['length']}",
+                      {"__builtins__": {}})
         return cls(m["space"] or space, m["start"], m["length"], m["flag"],
-                   m["cond"] == "unless", tuple(n for n in code.co_names
-                                                if n not in _LENGTH_NAMES), code)
+                   m["cond"] == "unless", names, length)
 
     def size(self, operands, up, devices):
         """The length, with `operands[name]` the value of each operand it reads and `up`
         the rounding function (ints or hardware values alike)."""
-        env = {name: operands[name] for name in self.names}
-        env["up"], env["devices"] = up, devices
-        return eval(self._code, {"__builtins__": {}}, env)  # the table's own text
+        return self._length(up, devices, *[operands[name] for name in self.names])
 
     def enabled(self, flags: frozenset) -> bool:
         """Whether the range exists for an instruction with these flags set."""

@@ -271,44 +271,55 @@ def op_cost(op: str, v: dict, cfg: AccelConfig) -> Cost:
     return _COSTS[spec.cost](spec, v, cfg)
 
 
+@dataclass(frozen=True)
+class _Touches:
+    """What an opcode's table entry says it touches, in the form `footprint` reads."""
+
+    rreads: tuple[str, ...]
+    rwrites: tuple[str, ...]
+    sreads: tuple[str, ...]
+    swrites: tuple[str, ...]
+    vreads: tuple[Range, ...]
+    vwrites: tuple[Range, ...]
+    hreads: tuple[Range, ...]  # the HBM matrices the scoreboard orders
+    hwrites: tuple[Range, ...]
+
+    @classmethod
+    def of(cls, spec: OpSpec) -> _Touches:
+        def matrices(ranges: tuple[Range, ...]) -> tuple[Range, ...]:
+            return tuple(r for r in ranges if r.space == "matrix")
+
+        return cls(spec.registers("reg", "r"), spec.registers("reg", "w"),
+                   spec.registers("sreg", "r"), spec.registers("sreg", "w"),
+                   spec.vreads, spec.vwrites, matrices(spec.hreads), matrices(spec.hwrites))
+
+
+_TOUCHES = {op: _Touches.of(spec) for op, spec in OPCODES.items()}
+_NO_FLAGS: frozenset[str] = frozenset()
+
+
 def footprint(op: str, v: dict, cfg: AccelConfig) -> Footprint:
     """Scoreboard resources of an instruction, read off its `hw.isa` table entry: the
     registers it reads and writes, its vector-buffer ranges (rounded as the table says) and
     the HBM matrices it reads and writes, by base offset (the other HBM spaces are ordered by
     the program, see `hw.isa.SPACES`). Index registers are the caller's (`Timeline.ready`)."""
-    spec = OPCODES[op]
-    align = cfg.align
-    flags = v.get("flags", frozenset())
+    t = _TOUCHES[op]
+    align, devices = cfg.align, cfg.devices
+    flags = v.get("flags", _NO_FLAGS)
 
     def up(x: int) -> int:
-        return round_up(x, align)
+        return round_up(int(x), align)
 
     def vranges(ranges: tuple[Range, ...]) -> list[tuple[int, int]]:
-        return [(int(v[r.start]), int(r.size(_IntOperands(v), up, cfg.devices)))
+        return [(int(v[r.start]), int(r.size(v, up, devices)))
                 for r in ranges if r.enabled(flags)]
 
-    def matrices(ranges: tuple[Range, ...]) -> list[int]:
-        return [int(v[r.start]) for r in ranges if r.space == "matrix" and r.enabled(flags)]
-
     return Footprint(
-        vreads=vranges(spec.vreads), vwrites=vranges(spec.vwrites),
-        rreads=[v[n] for n in spec.registers("reg", "r")],
-        rwrites=[v[n] for n in spec.registers("reg", "w")],
-        sreads=[v[n] for n in spec.registers("sreg", "r")],
-        swrites=[v[n] for n in spec.registers("sreg", "w")],
-        hreads=matrices(spec.hreads), hwrites=matrices(spec.hwrites))
-
-
-class _IntOperands:
-    """Resolved operand values as Python ints, for evaluating range lengths."""
-
-    __slots__ = ("_v",)
-
-    def __init__(self, v: dict) -> None:
-        self._v = v
-
-    def __getitem__(self, name: str) -> int:
-        return int(self._v[name])
+        vreads=vranges(t.vreads), vwrites=vranges(t.vwrites),
+        rreads=[v[n] for n in t.rreads], rwrites=[v[n] for n in t.rwrites],
+        sreads=[v[n] for n in t.sreads], swrites=[v[n] for n in t.swrites],
+        hreads=[int(v[r.start]) for r in t.hreads if r.enabled(flags)],
+        hwrites=[int(v[r.start]) for r in t.hwrites if r.enabled(flags)])
 
 
 @dataclass
