@@ -3,8 +3,9 @@
     python scripts/gen_isa_doc.py            # (re)write docs/isa.md
     python scripts/gen_isa_doc.py --check    # exit 1 if docs/isa.md is stale
 
-The page is generated so that it cannot drift from the encoder, the decoder and the RTL
-decoder, which all read the same table; `tests/hw/test_isa_doc.py` runs `--check`.
+The page is generated so that it cannot drift from the encoder, the decoder, the RTL decoder,
+the timing model and the simulator, which all read the same table (fields, engine, cost
+family, registers and ranges); `tests/hw/test_isa_doc.py` runs `--check`.
 """
 
 from __future__ import annotations
@@ -34,17 +35,6 @@ _KIND_TEXT = {
     "flags": "named bits",
 }
 
-_UNIT_TEXT = {
-    "ctrl": "controller (scalar integer ops and branches)",
-    "dma": "DMA engine (HBM <-> vector buffer, scalar loads, token output)",
-    "mpu": "matrix processing unit",
-    "vpu": "vector processing unit",
-    "sfu": "special-function unit (exp, GELU)",
-    "scalar": "FP32 scalar unit",
-    "ring": "ring router (collectives across devices)",
-}
-
-
 def _kind_row(name: str, kind: isa.Kind) -> str:
     width = kind.imm_bits + (isa.REG_BITS if kind.has_reg else 0)
     noun = "register number" if kind.fmt in ("reg", "sreg") else "immediate"
@@ -52,6 +42,23 @@ def _kind_row(name: str, kind: isa.Kind) -> str:
     if kind.has_reg:
         layout += f" + {isa.REG_BITS}-bit register"
     return f"| `{name}` | {width} | {layout} | {_KIND_TEXT.get(name, '')} |"
+
+
+def _meaning(spec: isa.OpSpec) -> list[str]:
+    """The opcode's meaning as the table states it: cost family, what it reads and writes."""
+    kinds = dict(spec.fields)
+
+    def touched(names: tuple[str, ...], vranges: tuple[isa.Range, ...],
+                hranges: tuple[isa.Range, ...]) -> str:
+        parts = [f"{'register' if kinds[n] == 'reg' else 'scalar'} `{n}`" for n in names]
+        parts += [f"vbuf `{r}`" for r in vranges] + [f"HBM `{r}`" for r in hranges]
+        return ", ".join(parts) or "nothing"
+
+    return [
+        f"- cost family `{spec.cost}`",
+        f"- reads {touched(spec.reads, spec.vreads, spec.hreads)}",
+        f"- writes {touched(spec.writes, spec.vwrites, spec.hwrites)}",
+    ]
 
 
 def render() -> str:
@@ -66,21 +73,48 @@ def render() -> str:
         f"{isa.OPCODE_BITS} in the order listed. An indexed field holds its immediate in the "
         "low bits and its index register above it.",
         "",
+        "Each opcode's entry also states what it does to the machine: the engine that runs it, "
+        "the timing model's cost family, the registers it reads and writes, and the ranges it "
+        "reads and writes. The timing model's scoreboard, the RTL controller's hazards and the "
+        "instruction-level simulator's dispatch are derived from these.",
+        "",
         "## Operand kinds",
         "",
         "| kind | bits | layout | meaning |",
         "|---|---|---|---|",
         *(_kind_row(name, kind) for name, kind in isa.KINDS.items()),
         "",
+        "## Ranges",
+        "",
+        "A range is written `[space ]start[length][ if|unless flag]`: `start` is the operand "
+        "holding its first element, `length` counts elements (FP16 values; 32-bit words in the "
+        "scalar space) as an expression over the resolved operands, where `up(x)` rounds x up "
+        "to a whole vector-buffer block (`align` words) and `devices` is the number of devices "
+        "in the ring. A range with a flag exists only while that flag is set (`if`) or clear "
+        "(`unless`). Spaces:",
+        "",
+        "| space | what |",
+        "|---|---|",
+        *(f"| `{name}` | {text} |" for name, text in isa.SPACES.items()),
+        "",
+        "## Cost families",
+        "",
+        "The formulas are in `hw/perf.py`.",
+        "",
+        "| family | opcodes | cost |",
+        "|---|---|---|",
+        *(f"| `{name}` | {', '.join(s.name for s in isa.OPCODES.values() if s.cost == name)} "
+          f"| {text} |" for name, text in isa.COSTS.items()),
+        "",
         "## Opcodes by engine",
         "",
     ]
-    by_unit: dict[str, list[isa.OpSpec]] = defaultdict(list)
+    by_engine: dict[str, list[isa.OpSpec]] = defaultdict(list)
     for spec in isa.OPCODES.values():
-        by_unit[spec.unit].append(spec)
-    for unit, specs in by_unit.items():
-        lines += [f"### {unit}: {_UNIT_TEXT.get(unit, unit)}", ""]
-        for spec in sorted(specs, key=lambda s: s.code):
+        by_engine[spec.engine].append(spec)
+    for engine, text in isa.ENGINES.items():
+        lines += [f"### {engine}: {text}", ""]
+        for spec in sorted(by_engine[engine], key=lambda s: s.code):
             lines.append(f"#### `0x{spec.code:02X}` {spec.name}")
             lines += ["", spec.doc + ".", ""]
             fields = isa.field_layout(spec.name)
@@ -91,6 +125,7 @@ def render() -> str:
             if spec.flags:
                 bits = ", ".join(f"`{f}` = bit {i}" for i, f in enumerate(spec.flags))
                 lines += [f"Flags: {bits}.", ""]
+            lines += [*_meaning(spec), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
