@@ -74,7 +74,7 @@ class ClusterBackend:
     def describe(self) -> dict[str, Any]:
         plan = self.compiled.plan
         return {"backend": self.name, "config": self.config.name, "devices": self.config.devices,
-                "clock_mhz": self.config.clock_mhz, "prefill_chunk": plan.chunk,
+                "clock_mhz": self.config.clock_mhz, "prefill_chunk": plan.prefill_chunk,
                 "program_instructions": len(self.compiled.programs[0]),
                 "prefill": self.prefill,
                 **(self.host_prefill.describe() if self.host_prefill else {})}
