@@ -33,6 +33,7 @@ and one execution function per layer.
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -150,6 +151,24 @@ _RANGE_RE = re.compile(r"^(?:(?P<space>[a-z]+) )?(?P<start>\w+)\[(?P<length>[^\]
                        r"(?: (?P<cond>if|unless) (?P<flag>\w+))?$")
 
 
+_LENGTH_NODES = (ast.Expression, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Name, ast.Load,
+                 ast.Constant, ast.Call)
+
+
+def _check_length(expr: str, where: str) -> None:
+    """A length may use only integers, names, `+ - *` and calls of `up`: what evaluates the
+    same over Python ints and Amaranth values."""
+    for node in ast.walk(ast.parse(expr, mode="eval")):
+        assert isinstance(node, _LENGTH_NODES), f"{where}: {type(node).__name__} in a length"
+        if isinstance(node, ast.Call):
+            assert isinstance(node.func, ast.Name), where
+            assert node.func.id == "up", where
+            assert len(node.args) == 1, where
+            assert not node.keywords, where
+        if isinstance(node, ast.Constant):
+            assert type(node.value) is int, where
+
+
 @dataclass(frozen=True)
 class Range:
     """A range an instruction reads or writes, written `[space ]start[length][ if|unless flag]`.
@@ -176,6 +195,7 @@ class Range:
         m = _RANGE_RE.match(text)
         if m is None:
             raise AssertionError(f"malformed range {text!r}")
+        _check_length(m["length"], text)
         names = tuple(n for n in compile(m["length"], text, "eval").co_names
                       if n not in _LENGTH_NAMES)
         # the table's own text, evaluated with nothing but its operands, `up` and `devices`

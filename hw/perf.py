@@ -12,6 +12,10 @@ last reader has read it (WAR) and its last writer has finished (WAW). An engine 
 accepts the next instruction `occupancy` cycles after this one, and the results appear
 `latency` cycles after that.
 
+Which engine runs an instruction, which cost formula times it (its family), and what the
+scoreboard tracks for it (registers, vector-buffer ranges, HBM matrices) are read off its
+`hw.isa` table entry; this module holds one formula per cost family (`_COSTS`).
+
 Costs (cycles; P ports, W values per beat, rate = sustained beats per cycle per port):
 - MM of R rows x C columns for n tokens: each port streams ceil(R/P) rows of B = ceil(C/W)
   beats, dealt to its lanes, so each of the M lanes holds ceil(R/M) rows; a lane's adder loop

@@ -15,6 +15,7 @@ from hw.isa import (
     Instr,
     IsaError,
     Operand,
+    Range,
     assemble,
     decode,
     decode_program,
@@ -273,3 +274,27 @@ def test_float_immediates_compare_by_bits_and_survive_pickling():
         FloatImm(0x10000, "f16")
     with pytest.raises(IsaError, match="must be a number"):
         Instr("SLI", {"sd": 1, "imm": "1.0"})
+
+
+@pytest.mark.parametrize("text", ["a[len // 2]", "a[max(len, 1)]", "a[len ** 2]", "a[1.5]",
+                                  "a[up(len, 2)]", "a[len if len else 1]"])
+def test_range_lengths_are_limited_to_what_hardware_evaluates(text):
+    """A range length is evaluated over Amaranth values by the RTL scoreboard too, so only
+    integers, operands, + - * and up() are accepted."""
+    with pytest.raises(AssertionError):
+        Range.parse(text)
+
+
+def test_range_lengths_evaluate_over_operands_up_and_devices():
+    mm_src = OPCODES["MM"].vreads[0]
+    assert str(mm_src) == "src[(ntok - 1) * sstride + up(cols)]"
+    assert mm_src.size({"ntok": 3, "sstride": 64, "cols": 70}, lambda x: -(-x // 16) * 16,
+                       4) == 2 * 64 + 80
+    gather = OPCODES["ALLGATHER"].vwrites[0]
+    assert gather.size({"count": 2, "stride": 96, "slice": 32}, None, 3) == 96 + 3 * 32
+    bias = OPCODES["MM"].vreads[1]
+    assert bias.enabled(frozenset({"bias"}))
+    assert not bias.enabled(frozenset())
+    direct = OPCODES["MM"].hreads[0]
+    assert direct.enabled(frozenset())
+    assert not direct.enabled(frozenset({"prefetched"}))
