@@ -474,7 +474,7 @@ def plot(results: dict, out: Path) -> list[Path]:
     written = []
     for name, entry in results["models"].items():
         inputs = sorted({r["input"] for r in entry["workloads"]})
-        fig, axes = plt.subplots(1, len(inputs), figsize=(4.2 * len(inputs), 3.8), sharey=True,
+        fig, axes = plt.subplots(1, len(inputs), figsize=(4.2 * len(inputs), 4.4), sharey=True,
                                  squeeze=False)
         axes = axes[0]
         for ax, n_in in zip(axes, inputs, strict=True):
@@ -493,7 +493,7 @@ def plot(results: dict, out: Path) -> list[Path]:
                     return
                 x = [p[0] for p in pts]
                 ax.fill_between(x, [p[1]["optimistic"] for p in pts],
-                                [p[1]["pessimistic"] for p in pts], color=color, alpha=0.18,
+                                [p[1]["pessimistic"] for p in pts], color=color, alpha=0.25,
                                 linewidth=0)
                 ax.plot(x, [p[1]["central"] for p in pts], style, color=color, label=label)
 
@@ -511,9 +511,12 @@ def plot(results: dict, out: Path) -> list[Path]:
             ax.set_xlabel("output tokens")
             ax.grid(True, which="both", alpha=0.3)
         axes[0].set_ylabel("latency (ms)")
-        axes[-1].legend(fontsize=7, loc="upper left",
-                        title="shaded: pessimistic to optimistic", title_fontsize=7)
-        fig.tight_layout()
+        # one legend below the panels, where it hides no line
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7,
+                   title="FPGA lines: central case, shaded from the pessimistic to the "
+                   "optimistic corner", title_fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.16, 1, 1))
         path = out / f"latency_{name}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -574,6 +577,18 @@ def write_reports(results: dict, out: Path) -> str:
     table = write_table(results, out)
     plot(results, out)
     return table
+
+
+def load_results(path: Path) -> dict:
+    """An earlier run's results.json, with the device counts JSON turned into strings made
+    integers again (the reports index bands by device count)."""
+    results = json.loads(path.read_text())
+    for entry in results["models"].values():
+        for row in entry["workloads"]:
+            for key, value in row.items():
+                if key.startswith(("fpga_", "hetero_", "kv_")) and isinstance(value, dict):
+                    row[key] = {int(d): band for d, band in value.items()}
+    return results
 
 
 # -- the command line -------------------------------------------------------------------------
@@ -640,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
                         + f" at the {'/'.join(CORNERS)} corner)")
     parser.add_argument("--jobs", type=_int_at_least(1), default=1,
                         help="processes for the FPGA projections (default: 1)")
+    parser.add_argument("--from-results", metavar="FILE", type=Path,
+                        help="measure and project nothing: redraw table.md and the plots in "
+                        "--out from an earlier run's results.json")
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even with CUDA")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile run")
     return parser
@@ -653,7 +671,7 @@ def main(argv=None) -> int:
         parser.error(f"--decode-samples must be 0 (every step) or at least 2, not "
                      f"{args.decode_samples}")
     longest = max(args.inputs) + max(args.outputs)
-    for name in args.models:
+    for name in [] if args.from_results else args.models:
         if longest > MODEL_SHAPES[name].n_positions:
             parser.error(f"--inputs and --outputs reach {longest} positions, beyond {name}'s "
                          f"context of {MODEL_SHAPES[name].n_positions}")
@@ -662,12 +680,22 @@ def main(argv=None) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    results = run(args, argv, on_model=lambda r: write_reports(r, out))
+    if args.from_results:
+        try:
+            results = load_results(args.from_results)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            parser.error(f"--from-results {args.from_results} is not a results.json of this "
+                         f"script ({type(e).__name__}: {e})")
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        results = run(args, argv, on_model=lambda r: write_reports(r, out))
     print(write_table(results, out))
     for path in plot(results, out):
         print(f"wrote {path}")
-    print(f"wrote {out / 'results.json'} and {out / 'table.md'}")
+    if not args.from_results:
+        print(f"wrote {out / 'results.json'}")
+    print(f"wrote {out / 'table.md'}")
     return 0
 
 

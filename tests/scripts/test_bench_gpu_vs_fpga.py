@@ -81,6 +81,12 @@ def test_band_in_results_table_and_plots(bench, tmp_path, capsys):
     assert (out / "latency_tiny.png").stat().st_size > 0
     assert (out / "roofline.png").stat().st_size > 0
     assert "wrote" in capsys.readouterr().out
+    # the reports redrawn from results.json alone are the same
+    again = tmp_path / "again"
+    assert bench.main(["--out", str(again), "--from-results", str(out / "results.json")]) == 0
+    assert (again / "table.md").read_text() == table
+    assert (again / "latency_tiny.png").stat().st_size > 0
+    assert not (again / "results.json").exists()
 
 
 def test_fixed_pcie_applies_at_every_corner(bench, tmp_path):
@@ -110,6 +116,17 @@ def test_bad_arguments_are_one_line_exit_2(bench, tmp_path, capsys, argv, says):
     assert err.count("\n") == 1, err
     assert says in err
     assert not (tmp_path / "bench").exists()
+
+
+def test_from_results_needs_a_results_file(bench, tmp_path, capsys):
+    path = tmp_path / "results.json"
+    path.write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--out", str(tmp_path / "bench"), "--from-results", str(path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "is not a results.json of this script" in err
 
 
 def test_out_must_be_a_directory(bench, tmp_path, capsys):
