@@ -36,7 +36,8 @@ async def run(dut):
     n = case["devices"]
     tb = TB(dut, clock="hdl", period_ns=_PERIOD_NS)  # the clock runs in the HDL top
     dut.dump.value = 0
-    masters = [tb.add(AxiLiteMaster(AxiLiteBus.from_prefix(dut, f"ctl{d}"), dut.clk, dut.rst))
+    masters = [tb.add(AxiLiteMaster(AxiLiteBus.from_prefix(dut, f"dev{d}_s_axi_control_"),
+                                    dut.clk, dut.rst))
                for d in range(case["built_devices"])]
     await tb.reset(cycles=5, settle=2)
 
@@ -66,7 +67,7 @@ async def run(dut):
     every = case.get("progress_every", 20000)
     while len(done_at) < n:
         for d in range(n):
-            if d not in done_at and str(getattr(dut, f"irq{d}").value) == "1":
+            if d not in done_at and str(getattr(dut, f"dev{d}_interrupt").value) == "1":
                 done_at[d] = int(dut.cycle.value)
         if len(done_at) == n:
             break
@@ -76,7 +77,8 @@ async def run(dut):
                 f.write(str(now))
         if now > case["max_cycles"]:
             break
-        waits = [RisingEdge(getattr(dut, f"irq{d}")) for d in range(n) if d not in done_at]
+        waits = [RisingEdge(getattr(dut, f"dev{d}_interrupt")) for d in range(n)
+                 if d not in done_at]
         await First(Timer(every * _PERIOD_NS, unit="ns"), *waits)
     result = {"devices": []}
     for d in range(n):

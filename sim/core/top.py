@@ -1,5 +1,7 @@
 """The end-to-end simulation build: `devices` kernels (`rtl.kernel.Kernel`), each with an HDL HBM
 model per port (`sim/hdl/hbm_model.v`), joined in a ring by link models (`sim/hdl/ring_link.v`).
+The ring is `rtl.build.Cluster`'s, the one the board build uses, with a link model on each hop;
+the top around it is generated from Amaranth too (only the models are Verilog).
 
 The clock runs in HDL and the memories load and dump themselves, so a run needs Python only to
 write the control registers, start the kernels and wait. The testbench writes a trace per
@@ -15,11 +17,16 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from amaranth.hdl import C, Cat, ClockDomain, ClockSignal, Instance, Module, ResetSignal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
 from hw.config import AccelConfig
-from hw.regmap import KERNEL_MODULE, regmap
-from rtl.build import kernel_verilog
+from hw.regmap import KERNEL_MODULE
+from rtl.build import Cluster, kernel_verilog
 from rtl.core.core import ADDR_WIDTH, RETIRE_LANES
 from rtl.core.ring import FLIT_USER
+from rtl.verilog import write_verilog
 
 from .. import runner
 
@@ -50,104 +57,78 @@ class Bench:
         return hashlib.sha1(raw.encode()).hexdigest()[:10]
 
 
-def _tb_text(bench: Bench, regmap_bits: int) -> str:
-    cfg = bench.config
-    P = cfg.hbm_ports
-    width = cfg.hbm_port_width_bits
-    flit = 16 * cfg.align
-    pc_bits = max(1, (cfg.imem_words - 1).bit_length())
-    gap = max(1, math.ceil(flit / 8 / cfg.ring_bytes_per_cycle))
-    lines = ["`timescale 1ns/1ps", f"module {TOPLEVEL} (", "    output reg clk,",
-             "    input wire rst,", "    input wire dump,", "    output reg [31:0] cycle,"]
-    for d in range(bench.devices):
-        lines += [
-            f"    input wire [{regmap_bits - 1}:0] ctl{d}_awaddr, input wire ctl{d}_awvalid,",
-            f"    output wire ctl{d}_awready, input wire [31:0] ctl{d}_wdata,",
-            f"    input wire [3:0] ctl{d}_wstrb, input wire ctl{d}_wvalid,",
-            f"    output wire ctl{d}_wready, output wire [1:0] ctl{d}_bresp,",
-            f"    output wire ctl{d}_bvalid, input wire ctl{d}_bready,",
-            f"    input wire [{regmap_bits - 1}:0] ctl{d}_araddr, input wire ctl{d}_arvalid,",
-            f"    output wire ctl{d}_arready, output wire [31:0] ctl{d}_rdata,",
-            f"    output wire [1:0] ctl{d}_rresp, output wire ctl{d}_rvalid,",
-            f"    input wire ctl{d}_rready,",
-            f"    output wire irq{d},",
-        ]
-    lines[-1] = lines[-1].rstrip(",")
-    lines += [");", "    initial clk = 1'b0;", "    always #5 clk = ~clk;",
-              "    always @(posedge clk) cycle <= rst ? 32'd0 : cycle + 32'd1;"]
-    n = bench.devices
-    for d in range(n):
-        lines += [f"    wire [{flit - 1}:0] tx{d}_tdata, rx{d}_tdata;",
-                  f"    wire [{FLIT_USER.size - 1}:0] tx{d}_tuser, rx{d}_tuser;",
-                  f"    wire tx{d}_tlast, tx{d}_tvalid, tx{d}_tready, rx{d}_tlast, rx{d}_tvalid,"
-                  f" rx{d}_tready;",
-                  f"    wire trace_issue{d}, trace_done{d};",
-                  f"    wire [{pc_bits - 1}:0] trace_issue_pc{d};",
-                  f"    wire [{RETIRE_LANES - 1}:0] trace_retire{d};"]
-        lines += [f"    wire [{pc_bits - 1}:0] trace_retire_pc{d}_{k};"
-                  for k in range(RETIRE_LANES)]
-        ports = [".clk(clk)", ".rst(rst)", f".interrupt(irq{d})"]
-        for sig in ("awaddr", "awvalid", "awready", "wdata", "wstrb", "wvalid", "wready",
-                    "bresp", "bvalid", "bready", "araddr", "arvalid", "arready", "rdata",
-                    "rresp", "rvalid", "rready"):
-            ports.append(f".s_axi_control__{sig}(ctl{d}_{sig})")
-        for sig in ("tdata", "tuser", "tlast", "tvalid", "tready"):
-            ports += [f".ring_tx__{sig}(tx{d}_{sig})", f".ring_rx__{sig}(rx{d}_{sig})"]
-        ports += [f".trace_issue(trace_issue{d})", f".trace_issue_pc(trace_issue_pc{d})",
-                  f".trace_retire(trace_retire{d})", f".trace_done(trace_done{d})"]
-        ports += [f".trace_retire_pc__{k}(trace_retire_pc{d}_{k})" for k in range(RETIRE_LANES)]
-        for p in range(P):
-            pre = f"hbm{d}_{p}"
-            lines += [f"    wire {pre}_awid, {pre}_arid, {pre}_bid, {pre}_rid;",
-                      f"    wire [{ADDR_WIDTH - 1}:0] {pre}_awaddr, {pre}_araddr;",
-                      f"    wire [7:0] {pre}_awlen, {pre}_arlen;",
-                      f"    wire [2:0] {pre}_awsize, {pre}_arsize;",
-                      f"    wire [1:0] {pre}_awburst, {pre}_arburst, {pre}_bresp, {pre}_rresp;",
-                      f"    wire [{width - 1}:0] {pre}_wdata, {pre}_rdata;",
-                      f"    wire [{width // 8 - 1}:0] {pre}_wstrb;",
-                      f"    wire {pre}_awvalid, {pre}_awready, {pre}_wlast, {pre}_wvalid, "
-                      f"{pre}_wready, {pre}_bvalid, {pre}_bready, {pre}_arvalid, {pre}_arready,"
-                      f" {pre}_rlast, {pre}_rvalid, {pre}_rready;"]
-            sigs = ("awid", "awaddr", "awlen", "awsize", "awburst", "awvalid", "awready",
-                    "wdata", "wstrb", "wlast", "wvalid", "wready", "bid", "bresp", "bvalid",
-                    "bready", "arid", "araddr", "arlen", "arsize", "arburst", "arvalid",
-                    "arready", "rid", "rdata", "rresp", "rlast", "rvalid", "rready")
-            ports += [f".m_axi_hbm{p}__{s}({pre}_{s})" for s in sigs]
-            mem_ports = [".clk(clk)", ".rst(rst)", f".base(64'h{hbm_base(p):016x})",
-                         ".dump(dump)"] + [f".{s}({pre}_{s})" for s in sigs]
-            lines += [
-                f"    tandem_hbm_model #(.DATA_W({width}), .ADDR_W({ADDR_WIDTH}), "
-                f".DEPTH_LOG2({bench.depth_log2}), .LATENCY({cfg.hbm_latency_cycles}), "
-                f".SEED({1 + 17 * (d * P + p)}), .INIT_ARG(\"hbm{d}_{p}=%s\"), "
-                f".DUMP_ARG(\"hbm{d}_{p}_out=%s\"), .LOG_ARG(\"hbm{d}_{p}_log=%s\"), "
-                f".LOG_BYTES({cfg.scalar_area_bytes if p == 0 else 0})) u_{pre} (",
-                "        " + ", ".join(mem_ports), "    );"]
-        lines += [f"    {KERNEL} u_kernel{d} (", "        " + ",\n        ".join(ports), "    );"]
-        nxt = (d + 1) % n
-        lines += [
-            f"    tandem_ring_link #(.DATA_W({flit}), .USER_W({FLIT_USER.size}), "
-            f".LATENCY({cfg.ring_hop_cycles}), .GAP({gap}), .SEED({101 + d})) u_link{d} (",
-            f"        .clk(clk), .rst(rst), .s_tdata(tx{d}_tdata), .s_tuser(tx{d}_tuser),",
-            f"        .s_tlast(tx{d}_tlast), .s_tvalid(tx{d}_tvalid), .s_tready(tx{d}_tready),",
-            f"        .m_tdata(rx{nxt}_tdata), .m_tuser(rx{nxt}_tuser), .m_tlast(rx{nxt}_tlast),",
-            f"        .m_tvalid(rx{nxt}_tvalid), .m_tready(rx{nxt}_tready)", "    );",
-            f"    integer trace{d};",
-            f"    reg [8*512-1:0] trace_path{d};",
-            f"    initial trace{d} = $value$plusargs(\"trace{d}=%s\", trace_path{d}) ? "
-            f"$fopen(trace_path{d}, \"w\") : 0;",
-            "    always @(posedge clk) begin",
-            f"        if (!rst && trace{d} != 0) begin",
-            f"            if (trace_issue{d}) $fwrite(trace{d}, \"I %0d %0d\\n\", cycle, "
-            f"trace_issue_pc{d});",
-        ]
-        for k in range(RETIRE_LANES):
-            lines.append(f"            if (trace_retire{d}[{k}]) "
-                         f"$fwrite(trace{d}, \"R %0d %0d\\n\", cycle, trace_retire_pc{d}_{k});")
-        lines += [f"            if (trace_done{d}) begin $fwrite(trace{d}, \"D %0d\\n\", cycle); "
-                  f"$fflush(trace{d}); end",
-                  "        end", "    end"]
-    lines.append("endmodule")
-    return "\n".join(lines) + "\n"
+class _Top(wiring.Component):
+    """`tandem_tb`: `rtl.build.Cluster` (the ring of kernels, assembled there) with a
+    `tandem_ring_link` on every hop and its trace ports passed out, an HBM model on every HBM
+    port, a trace writer per kernel, the HDL clock and a cycle counter.
+
+    Ports: `rst` and `dump` (the memory models write their contents out while it is high) in,
+    `clk` and `cycle` (rising edges since reset) out, and per kernel `d` its AXI4-Lite control
+    slave `dev<d>_s_axi_control__*` and its `dev<d>_interrupt`, as in the cluster."""
+
+    def __init__(self, bench: Bench):
+        self.bench = bench
+        self.cluster = Cluster(bench.config, bench.devices, KERNEL, link=self._link,
+                               expose=("trace_",))
+        members = {"rst": In(1), "dump": In(1), "clk": Out(1), "cycle": Out(32)}
+        for name, member in self.cluster.signature.members.items():
+            if name.endswith(("_s_axi_control", "_interrupt")):
+                members[name] = member
+        super().__init__(members)
+
+    def _link(self, d: int, tx: dict, rx: dict) -> Instance:
+        cfg = self.bench.config
+        flit = 16 * cfg.align
+        return Instance(
+            "tandem_ring_link",
+            p_DATA_W=flit, p_USER_W=FLIT_USER.size, p_LATENCY=cfg.ring_hop_cycles,
+            p_GAP=max(1, math.ceil(flit / 8 / cfg.ring_bytes_per_cycle)), p_SEED=101 + d,
+            i_clk=ClockSignal(), i_rst=ResetSignal(),
+            i_s_tdata=tx["tdata"], i_s_tuser=tx["tuser"], i_s_tlast=tx["tlast"],
+            i_s_tvalid=tx["tvalid"], o_s_tready=tx["tready"],
+            o_m_tdata=rx["tdata"], o_m_tuser=rx["tuser"], o_m_tlast=rx["tlast"],
+            o_m_tvalid=rx["tvalid"], i_m_tready=rx["tready"])
+
+    def elaborate(self, platform):
+        cfg = self.bench.config
+        m = Module()
+        m.domains.sync = sync = ClockDomain("sync")
+        m.submodules.clock = Instance("tandem_sim_clock", o_clk=sync.clk)
+        m.d.comb += [sync.rst.eq(self.rst), self.clk.eq(sync.clk)]
+        m.d.sync += self.cycle.eq(self.cycle + 1)
+
+        m.submodules.cluster = cluster = self.cluster
+        for name in self.signature.members:
+            if name.endswith("_s_axi_control"):
+                wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(cluster, name))
+            elif name.endswith("_interrupt"):
+                m.d.comb += getattr(self, name).eq(getattr(cluster, name))
+
+        P = cfg.hbm_ports
+        for d in range(self.bench.devices):
+            for p in range(P):
+                axi = getattr(cluster, f"dev{d}_m_axi_hbm{p}")
+                bus = {f"{'o' if member.flow == In else 'i'}_{sig}": getattr(axi, sig)
+                       for sig, member in axi.signature.members.items()}
+                m.submodules[f"hbm{d}_{p}"] = Instance(
+                    "tandem_hbm_model",
+                    p_DATA_W=cfg.hbm_port_width_bits, p_ADDR_W=ADDR_WIDTH,
+                    p_DEPTH_LOG2=self.bench.depth_log2, p_LATENCY=cfg.hbm_latency_cycles,
+                    p_SEED=1 + 17 * (d * P + p), p_INIT_ARG=f"hbm{d}_{p}=%s",
+                    p_DUMP_ARG=f"hbm{d}_{p}_out=%s", p_LOG_ARG=f"hbm{d}_{p}_log=%s",
+                    p_LOG_BYTES=cfg.scalar_area_bytes if p == 0 else 0,
+                    i_clk=ClockSignal(), i_rst=ResetSignal(), i_base=C(hbm_base(p), 64),
+                    i_dump=self.dump, **bus)
+            pcs = getattr(cluster, f"dev{d}_trace_retire_pc")
+            m.submodules[f"trace{d}"] = Instance(
+                "tandem_trace_writer",
+                p_PC_W=len(pcs[0]), p_LANES=RETIRE_LANES, p_PATH_ARG=f"trace{d}=%s",
+                i_clk=ClockSignal(), i_rst=ResetSignal(), i_cycle=self.cycle,
+                i_issue=getattr(cluster, f"dev{d}_trace_issue"),
+                i_issue_pc=getattr(cluster, f"dev{d}_trace_issue_pc"),
+                i_retire=getattr(cluster, f"dev{d}_trace_retire"),
+                i_retire_pc=Cat(*pcs), i_done=getattr(cluster, f"dev{d}_trace_done"))
+        return m
 
 
 def build(simulator: str, bench: Bench, build_root: Path | None = None):
@@ -158,11 +139,10 @@ def build(simulator: str, bench: Bench, build_root: Path | None = None):
     # converting the kernel takes a minute; it is redone only when the RTL sources change
     kernel_v = kernel_verilog(bench.config, build_dir / f"{KERNEL}.v", KERNEL)
     tb = build_dir / f"{TOPLEVEL}.v"
-    text = _tb_text(bench, regmap(bench.config).addr_bits)
-    if not tb.is_file() or tb.read_text() != text:
-        tb.write_text(text)
+    write_verilog(_Top(bench), tb, TOPLEVEL)
     sources = [runner.for_simulator(simulator, kernel_v), _HDL / "hbm_model.v",
-               _HDL / "ring_link.v", tb]
+               _HDL / "ring_link.v", _HDL / "sim_clock.v", _HDL / "trace_writer.v",
+               runner.for_simulator(simulator, tb)]
     # Verilator's merge-cond pass takes minutes on a design this size and gains little; GCC
     # takes ~10x longer on the model's C++ at -Os than at -O0, which costs more than the
     # short end-to-end runs gain
