@@ -38,6 +38,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -181,14 +182,14 @@ class Range:
     a flag exists only while that flag of the opcode is set (`if`) or clear (`unless`).
     """
 
-    space: str
+    space: str  # one of SPACES
     start: str
-    length: str
+    length: str  # the expression, as written in the table
+    names: tuple[str, ...] = field(compare=False)  # the operands `length` reads
+    #: `length` compiled once: function(up, devices, *operand values in `names` order)
+    _length: Callable[..., Any] = field(compare=False, repr=False)
     flag: str | None = None
     negated: bool = False  # `unless flag`
-    names: tuple[str, ...] = field(default=(), compare=False)  # operands `length` reads
-    #: `length` compiled once: function(up, devices, *operand values in `names` order)
-    _length: Callable = field(default=None, compare=False, repr=False)
 
     @classmethod
     def parse(cls, text: str, space: str = "vbuf") -> Range:
@@ -201,8 +202,8 @@ class Range:
         # the table's own text, evaluated with nothing but its operands, `up` and `devices`
         length = eval(f"lambda up, devices, {', '.join(names)}: {m['length']}",
                       {"__builtins__": {}})
-        return cls(m["space"] or space, m["start"], m["length"], m["flag"],
-                   m["cond"] == "unless", names, length)
+        return cls(m["space"] or space, m["start"], m["length"], names, length, m["flag"],
+                   m["cond"] == "unless")
 
     def size(self, operands, up, devices):
         """The length, with `operands[name]` the value of each operand it reads and `up`
