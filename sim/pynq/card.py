@@ -26,6 +26,7 @@ from hw.intmath import round_up
 
 from ..streams import pauses as pause_pattern
 from ..tb import TB
+from .top import control_prefix, hbm_prefix
 
 __all__ = ["HBM_BASE", "SimBank", "SimCard", "bank_address"]
 
@@ -107,13 +108,13 @@ class SimCard(TB):
         #: per device: port -> bank index, from the downloaded xclbin's connectivity
         self.binding: list[dict[int, int]] = [{} for _ in range(devices)]
         self.violations: list[str] = []
-        self.masters = [self.add(AxiLiteMaster(AxiLiteBus.from_prefix(dut, f"d{d}_ctl"),
+        self.masters = [self.add(AxiLiteMaster(AxiLiteBus.from_prefix(dut, control_prefix(d)),
                                                dut.clk, dut.rst)) for d in range(devices)]
         self.rams = []
         rng = random.Random(seed)
         for d in range(devices):
             for p in range(config.hbm_ports):
-                bus = AxiBus.from_prefix(dut, f"d{d}_hbm{p}")
+                bus = AxiBus.from_prefix(dut, hbm_prefix(d, p))
                 wr = _BankRamWrite(self, d, p, bus.write, dut.clk, dut.rst, size=4096)
                 rd = _BankRamRead(self, d, p, bus.read, dut.clk, dut.rst, size=4096)
                 if pauses:
@@ -124,7 +125,7 @@ class SimCard(TB):
                 self.rams.append((self.add(wr), self.add(rd)))
         # per-transfer INFO logs cost more than the transfers
         for d in range(devices):
-            names = [f"d{d}_ctl", *(f"d{d}_hbm{p}" for p in range(config.hbm_ports))]
+            names = [control_prefix(d), *(hbm_prefix(d, p) for p in range(config.hbm_ports))]
             for name in names:
                 logging.getLogger(f"cocotb.{dut._name}.{name}").setLevel(logging.WARNING)
 
