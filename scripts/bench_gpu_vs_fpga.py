@@ -25,8 +25,9 @@ against output length) and `DIR/roofline.png` (decode on a roofline), with these
 - **DFX, published**: 1.5B on 4 U280 (scripts/data/dfx_latency.csv), compared with the real
   GPT-2 XL (`gpt2-1.5b`); points, not a band: DFX measured them.
 
-results.json and table.md are rewritten after each model, so an interrupted run keeps the
-models it finished.
+results.json, table.md and the plots are rewritten after each model, so an interrupted run
+keeps the models it finished; --from-results redraws table.md and the plots from a results.json
+without measuring or projecting anything.
 """
 
 from __future__ import annotations
