@@ -27,6 +27,8 @@ from cocotb.triggers import ClockCycles, Timer
 __all__ = ["TB"]
 
 M = TypeVar("M")
+#: who drives the clock: a cocotb `Clock`, the HDL itself on port `clk`, or the HDL unseen
+ClockSource = Literal["cocotb", "hdl"] | None
 
 
 class TB:
@@ -36,8 +38,8 @@ class TB:
     names the active-high synchronous reset port.
     """
 
-    def __init__(self, dut, *, period_ns: int = 10, clock: Literal["cocotb", "hdl"] | None =
-                 "cocotb", reset: str = "rst") -> None:
+    def __init__(self, dut, *, period_ns: int = 10, clock: ClockSource = "cocotb",
+                 reset: str = "rst") -> None:
         if clock not in ("cocotb", "hdl", None):
             raise ValueError(f"clock must be 'cocotb', 'hdl' or None, not {clock!r}")
         self.dut = dut
