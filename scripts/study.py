@@ -561,6 +561,34 @@ def infill_exact_match(run: Run, spans: list[Span], fim: bool) -> dict:
     return result
 
 
+@torch.no_grad()
+def middle_nll(run: Run, spans: list[Span], fim: bool) -> float:
+    """Mean loss (nats/token) of the true middle's tokens after the prompt of
+    `infill_exact_match` (cached): a measure that still separates models too weak to write
+    a whole line exactly. Both prompts are followed by the same tokens, encode(middle)."""
+    cache = run.directory / f"study_middle_nll_{len(spans)}{'' if fim else '_prefix'}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())["nll"]
+    model = load_model(run.directory)
+    tok = load_tokenizer(run.directory)
+    n_ctx = model.config.n_positions
+    total, count = 0.0, 0
+    for span in spans:
+        prompt = infill_prompt_ids(tok, span.prefix, span.suffix) if fim else \
+            tok.encode(span.prefix)
+        middle = tok.encode(span.middle)
+        ids = (prompt + middle)[-n_ctx:]
+        logits, _ = model(torch.tensor([ids]))  # (1, L, V)
+        n = len(middle)
+        pred = logits[0, len(ids) - n - 1 : len(ids) - 1]  # (n, V): the positions before each
+        total += torch.nn.functional.cross_entropy(pred.float(), torch.tensor(middle),
+                                                   reduction="sum").item()
+        count += n
+    nll = total / count
+    cache.write_text(json.dumps({"nll": nll, "tokens": count}) + "\n")
+    return nll
+
+
 def fim_fit(corpus: Path, config: FIMConfig, block: int, n_docs: int = 150) -> tuple[int, float]:
     """(FIM examples, share of them no longer than `block` tokens from <pre> to <eom>) in the
     stream of `n_docs` train files (every k-th) transformed as a training run would: only an
@@ -607,17 +635,22 @@ def fim_study(args) -> None:
         fixed = [r.log()[-1]["val_loss"] for r in mine]
         em = [infill_exact_match(r, spans, fim=arm != "ar") for r in mine]
         alone = [infill_exact_match(r, spans, fim=False) for r in mine]  # the prefix only
+        nll = [middle_nll(r, spans, fim=arm != "ar") for r in mine]
+        nll_alone = [middle_nll(r, spans, fim=False) for r in mine]
         results[arm] = {"val_full": full, "val_fixed": fixed,
                         "exact_match": [e["exact_match"] for e in em],
                         "exact": [e["exact"] for e in em],
-                        "exact_match_prefix_only": [e["exact_match"] for e in alone]}
+                        "exact_match_prefix_only": [e["exact_match"] for e in alone],
+                        "middle_nll": nll, "middle_nll_prefix_only": nll_alone}
         infill = "-" if arm == "ar" else \
             spread([100 * e["exact_match"] for e in em], "{:.1f}") + " %"
         name = {"ar": "AR only", "fim": "FIM, document-level",
                 "fim-ctx": f"FIM, context-level ({args.fim_max_chars} chars)"}[arm]
-        rows.append(f"| {name} | {mine[0].steps} | {spread(fixed)} | {spread(full)} | "
+        rows.append(f"| {name} | {mine[0].steps} | {spread(fixed, '{:.3f}')} | "
+                    f"{spread(full, '{:.3f}')} | "
                     f"{spread([100 * e['exact_match'] for e in alone], '{:.1f}')} % | "
-                    f"{infill} |")
+                    f"{infill} | {spread(nll_alone, '{:.3f}')} | "
+                    f"{'-' if arm == 'ar' else spread(nll, '{:.3f}')} |")
     fits = []
     for name, chars in (("document-level", 0), ("context-level", args.fim_max_chars)):
         n, share = fim_fit(corpus, FIMConfig(args.fim_rate, args.fim_spm_rate, chars),
@@ -629,8 +662,9 @@ def fim_study(args) -> None:
         + ", ".join(fits) + ".",
         "",
         f"| arm | steps | val loss, {args.eval_batches} fixed batches: mean (seeds) | "
-        "val loss, full split | exact match, prefix only | exact match, prefix + suffix (PSM) |",
-        "|---|---|---|---|---|---|",
+        "val loss, full split | exact match, prefix only | exact match, prefix + suffix (PSM) | "
+        "middle loss, prefix only | middle loss, prefix + suffix (PSM) |",
+        "|---|---|---|---|---|---|---|---|",
         *rows,
     ])
     (out / "table.md").write_text(table + "\n")
@@ -658,25 +692,29 @@ def plot_fim(runs: list[Run], results: dict, png: Path, args) -> None:
     ax.set_ylabel(f"left-to-right validation loss ({args.eval_batches} fixed batches)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    # per arm: each seed's headline exact match (AR: prefix only; FIM: prefix + suffix), and
-    # for the FIM arms each seed's prefix-only exact match, hatched
+    # per arm and seed: the loss of the true middle line (and its exact match, in the label)
+    # after the arm's prompt (AR: prefix only; FIM: prefix + suffix), and for the FIM arms
+    # after the prefix alone, hatched
     labels, x = [], 0.0
     for arm, res in results.items():
-        groups = [("prefix only" if arm == "ar" else "prefix + suffix", res["exact_match"], "")]
+        groups = [("prefix only" if arm == "ar" else "prefix+suffix", res["middle_nll"],
+                   res["exact_match"], "")]
         if arm != "ar":
-            groups.append(("prefix only", res["exact_match_prefix_only"], "//"))
-        for what, values, hatch in groups:
+            groups.append(("prefix only", res["middle_nll_prefix_only"],
+                           res["exact_match_prefix_only"], "//"))
+        for what, values, exact, hatch in groups:
             for j, value in enumerate(values):
-                bars.bar(x, 100 * value, 0.9, color=COLORS[arm], hatch=hatch,
+                bars.bar(x, value, 0.9, color=COLORS[arm], hatch=hatch,
                          alpha=1.0 if not hatch else 0.45, edgecolor="white" if hatch else None)
-                bars.text(x, 100 * value, f"{100 * value:.1f}", ha="center", va="bottom",
-                          fontsize=7)
-                labels.append((x, f"{arm}\n{what}\nseed {seeds[j]}"))
+                bars.text(x, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+                labels.append((x, f"{arm}\n{what}\nseed {seeds[j]}\nEM {100 * exact[j]:.0f}%"))
                 x += 1
             x += 0.4
         x += 0.6
     bars.set_xticks([a for a, _ in labels], [b for _, b in labels], fontsize=6)
-    bars.set_ylabel(f"infilling exact match, % of {args.spans} lines")
+    low = min(min(r["middle_nll"] + r.get("middle_nll_prefix_only", [])) for r in results.values())
+    bars.set_ylim(low - 0.5, None)
+    bars.set_ylabel(f"loss of the true middle line, nats/token ({args.spans} lines)")
     bars.grid(alpha=0.3, axis="y")
     fig.suptitle(f"FIM for free? {args.n_layer}x{args.n_embd} GPT-2, {args.block_size}-token "
                  f"windows, {args.steps} steps, stdlib corpus", fontsize=10)
