@@ -331,5 +331,8 @@ ASSUMPTIONS: dict[str, Assumption] = {a.name: a for a in (
 
 def at_corner(config: AccelConfig, corner: str) -> AccelConfig:
     """`config` with every accelerator assumption set to its value at `corner`."""
-    changes = {a.field: a.value(corner) for a in ASSUMPTIONS.values() if a.field}
+    # keyed by field names known only at run time, so the checker cannot match them to the
+    # fields' types: Any says so (every assumption's field is a float field)
+    changes: dict[str, Any] = {a.field: a.value(corner) for a in ASSUMPTIONS.values()
+                               if a.field}
     return dataclasses.replace(config, **changes)

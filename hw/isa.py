@@ -388,6 +388,8 @@ class FloatImm(float):
     """
 
     __slots__ = ("bits", "fmt")
+    bits: int
+    fmt: str
 
     def __new__(cls, bits: int, fmt: str) -> FloatImm:
         ftype, utype, width = _FLOAT_DTYPES[fmt]
@@ -493,7 +495,11 @@ class Instr:
     float otherwise, a label string or index for targets, a set of names for flags)."""
 
     op: str
-    args: dict[str, object] = field(default_factory=dict)
+    #: operand name -> value. The value's type follows the operand's kind (`KINDS`), which
+    #: varies per key, so it is typed Any; `__post_init__` normalises it: an Operand for
+    #: indexed kinds, a FloatImm for f32/f16, a frozenset of names for flags, a label str or
+    #: index for targets, an int otherwise.
+    args: dict[str, Any] = field(default_factory=dict)
     comment: str = ""
 
     def __post_init__(self) -> None:
@@ -780,9 +786,10 @@ def assemble(text: str | Iterable[str]) -> list[Instr]:
     return program
 
 
-def resolve(instr: Instr, regs: Sequence[int]) -> dict[str, object]:
-    """Operand values with every index register applied: imm + regs[reg] (r0 reads 0)."""
-    out: dict[str, object] = {}
+def resolve(instr: Instr, regs: Sequence[int]) -> dict[str, Any]:
+    """Operand values with every index register applied: imm + regs[reg] (r0 reads 0).
+    Values are typed as in `Instr.args`, an indexed operand becoming a plain number."""
+    out: dict[str, Any] = {}
     for name, kind in OPCODES[instr.op].fields:
         value = instr.args[name]
         if KINDS[kind].has_reg:

@@ -478,8 +478,8 @@ class Timeline:
             np.maximum(self.v_read[b], start + occupancy, out=self.v_read[b])
         for b in fp.vw_blocks:
             self.v_write[b] = done
-        for key in fp.hwrites:
-            self.h_write[key] = done
+        for matrix in fp.hwrites:
+            self.h_write[matrix] = done
         self.hbm_read_bytes += cost.hbm_read_bytes
         self.hbm_write_bytes += cost.hbm_write_bytes
         if family == "mm":
@@ -547,14 +547,14 @@ class Timeline:
         for arr in (self.v_write, self.v_read):
             arr[arr > t] += total
         self.h_write = {k: moved(x) for k, x in self.h_write.items()}
-        def shift(pf: _Prefetch) -> _Prefetch:
+        def shifted(pf: _Prefetch) -> _Prefetch:
             key = (pf.key[0] + prefetch_w_step * times, *pf.key[1:])
             return _Prefetch(moved(pf.issue), pf.beats, key, moved(pf.fetch_start),
                              moved(pf.fetch_end), moved(pf.consume_start))
 
-        self.prefetch = [shift(pf) for pf in self.prefetch]
+        self.prefetch = [shifted(pf) for pf in self.prefetch]
         if self.consumed is not None:
-            self.consumed = shift(self.consumed)
+            self.consumed = shifted(self.consumed)
         for name, value in delta["breakdown"].items():
             self.breakdown[name] += value * times
         for name, value in delta["busy"].items():

@@ -89,12 +89,13 @@ class IsaCluster:
         the TOKOUT events that have appeared on device 0)."""
         limit = self.max_instructions
         while True:
-            waits = [dev.run_to_collective(limit) for dev in self.devices]
-            if all(w is None for w in waits):
+            stops = [dev.run_to_collective(limit) for dev in self.devices]
+            waits = [w for w in stops if w is not None]
+            if not waits:
                 return
-            if any(w is None for w in waits):
+            if len(waits) < len(stops):
                 raise DeviceError("devices diverged: some halted while others wait at "
-                                  f"{next(w[0].op for w in waits if w is not None)}")
+                                  f"{waits[0][0].op}")
             ops = {(w[0].op, w[0].args.get("slice"), w[0].args.get("stride")) for w in waits}
             if len(ops) != 1:
                 pcs = [dev.pc for dev in self.devices]
@@ -119,9 +120,9 @@ def _allgather(devs: list[IsaDevice], waits: list[tuple[Instr, dict]]) -> None:
         row = base + t * stride
         for owner in range(len(devs)):
             lo = row + owner * slice_
-            data = devs[owner].vbuf[lo : lo + slice_].copy()
+            data = devs[owner].buffer[lo : lo + slice_].copy()
             for dev in devs:
-                dev.vbuf[lo : lo + slice_] = data
+                dev.buffer[lo : lo + slice_] = data
 
 
 def _argmaxall(devs: list[IsaDevice], waits: list[tuple[Instr, dict]]) -> None:

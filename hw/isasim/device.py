@@ -90,6 +90,7 @@ class IsaDevice:
         self.program = program
         self.image = image if image is not None else HbmImage(config)
         self.functional = functional
+        #: the vector buffer; a timing-only device has none (see `buffer`)
         self.vbuf = np.zeros(config.vbuf_words, np.float16) if functional else None
         self.regs = [0] * 16
         self.sregs = np.zeros(16, np.float32)
@@ -151,12 +152,20 @@ class IsaDevice:
                               f"{self.config.vbuf_words - 1}")
         return slice(start, start + count)
 
+    @property
+    def buffer(self) -> np.ndarray:
+        """The vector buffer, for what only a functional device runs (data-only
+        instructions, collectives); a timing-only device has none to give."""
+        if self.vbuf is None:
+            raise DeviceError(f"device {self.index} is timing-only: it has no vector buffer")
+        return self.vbuf
+
     def _vec(self, v: dict, name: str, length: int) -> np.ndarray:
         n = round_up(int(length), self.config.align)
-        return self.vbuf[self._vrange(int(v[name]), n, name)]
+        return self.buffer[self._vrange(int(v[name]), n, name)]
 
     def _set_vec(self, v: dict, name: str, values: np.ndarray) -> None:
-        self.vbuf[self._vrange(int(v[name]), len(values), name)] = values
+        self.buffer[self._vrange(int(v[name]), len(values), name)] = values
 
     # -- execution -------------------------------------------------------------------------
 
@@ -396,13 +405,13 @@ class IsaDevice:
         padded = round_up(rows, align)
         for t in range(ntok):
             src = int(v["src"]) + t * int(v["sstride"])
-            x = self.vbuf[self._vrange(src, cols, "MM src")]
+            x = self.buffer[self._vrange(src, cols, "MM src")]
             y32 = nx.matvec(weights, x, self.config.lane_width)
             y = nx.vadd(y32, bias) if bias is not None else nx.round_fp16(y32)
             dst = int(v["dst"]) + t * int(v["dstride"])
             if "mask" in v["flags"]:
                 y = np.concatenate([y, np.full(padded - rows, -np.inf, np.float16)])
-            self.vbuf[self._vrange(dst, len(y), "MM dst")] = y
+            self.buffer[self._vrange(dst, len(y), "MM dst")] = y
 
     @_executes("VADD")
     def _vadd(self, v: dict) -> None:
@@ -470,11 +479,11 @@ class IsaDevice:
 
     @_executes("VSET")
     def _vset(self, v: dict) -> None:
-        self.vbuf[self._vrange(int(v["dst"]), 1, "VSET")] = nx.round_fp16(self.sregs[v["s"]])
+        self.buffer[self._vrange(int(v["dst"]), 1, "VSET")] = nx.round_fp16(self.sregs[v["s"]])
 
     @_executes("VGET")
     def _vget(self, v: dict) -> None:
-        self.sregs[v["sd"]] = nx.widen(self.vbuf[self._vrange(int(v["src"]), 1, "VGET")])[0]
+        self.sregs[v["sd"]] = nx.widen(self.buffer[self._vrange(int(v["src"]), 1, "VGET")])[0]
 
     @_executes("SLI")
     def _sli(self, v: dict) -> None:
