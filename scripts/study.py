@@ -676,8 +676,8 @@ def fim_study(args) -> None:
 def plot_fim(runs: list[Run], results: dict, png: Path, args) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(12, 4.6))
-    ax, bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
+    fig = Figure(figsize=(13, 4.8))
+    ax, bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [5, 6]})
     seeds = sorted({r.seed for r in runs})
     tail = []
     for r in runs:
@@ -697,10 +697,10 @@ def plot_fim(runs: list[Run], results: dict, png: Path, args) -> None:
     # after the prefix alone, hatched
     labels, x = [], 0.0
     for arm, res in results.items():
-        groups = [("prefix only" if arm == "ar" else "prefix+suffix", res["middle_nll"],
+        groups = [("prefix" if arm == "ar" else "pre+suf", res["middle_nll"],
                    res["exact_match"], "")]
         if arm != "ar":
-            groups.append(("prefix only", res["middle_nll_prefix_only"],
+            groups.append(("prefix", res["middle_nll_prefix_only"],
                            res["exact_match_prefix_only"], "//"))
         for what, values, exact, hatch in groups:
             for j, value in enumerate(values):
@@ -714,7 +714,8 @@ def plot_fim(runs: list[Run], results: dict, png: Path, args) -> None:
     bars.set_xticks([a for a, _ in labels], [b for _, b in labels], fontsize=6)
     low = min(min(r["middle_nll"] + r.get("middle_nll_prefix_only", [])) for r in results.values())
     bars.set_ylim(low - 0.5, None)
-    bars.set_ylabel(f"loss of the true middle line, nats/token ({args.spans} lines)")
+    bars.set_ylabel(f"loss of the true middle line, nats/token ({args.spans} lines)\n"
+                    "after prefix + suffix (solid) or the prefix only (hatched)")
     bars.grid(alpha=0.3, axis="y")
     fig.suptitle(f"FIM for free? {args.n_layer}x{args.n_embd} GPT-2, {args.block_size}-token "
                  f"windows, {args.steps} steps, stdlib corpus", fontsize=10)
