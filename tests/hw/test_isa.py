@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hw.intmath import round_up
 from hw.isa import (
     KINDS,
     OPCODES,
@@ -288,7 +289,7 @@ def test_range_lengths_are_limited_to_what_hardware_evaluates(text):
 def test_range_lengths_evaluate_over_operands_up_and_devices():
     mm_src = OPCODES["MM"].vreads[0]
     assert str(mm_src) == "src[(ntok - 1) * sstride + up(cols)]"
-    assert mm_src.size({"ntok": 3, "sstride": 64, "cols": 70}, lambda x: -(-x // 16) * 16,
+    assert mm_src.size({"ntok": 3, "sstride": 64, "cols": 70}, lambda x: round_up(x, 16),
                        4) == 2 * 64 + 80
     gather = OPCODES["ALLGATHER"].vwrites[0]
     assert gather.size({"count": 2, "stride": 96, "slice": 32}, None, 3) == 96 + 3 * 32
