@@ -70,8 +70,7 @@ class Agreement:
 
 
 def compare_with_golden(model, prompt, n_new, devices, config="tiny") -> Agreement:
-    backend = ClusterBackend(model, PRESETS[config].with_devices(devices),
-                                 return_logits=True)
+    backend = ClusterBackend(model, PRESETS[config].with_devices(devices), return_logits=True)
     steps = list(backend.stream(GenerationRequest(list(prompt), n_new)))
     tokens = [s.token for s in steps]
     with torch.no_grad():  # golden logits along the device's path (teacher forcing)
