@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
+from models.gpt2 import GPT2LMHead
 
 from ..errors import UsageError
 from .api import GenerationBackend
@@ -19,7 +19,7 @@ from .torch_backend import TorchBackend
 __all__ = ["BACKENDS", "make_backend"]
 
 
-def _isa_backend(model: nn.Module, config: str = "tiny", devices: int = 1,
+def _isa_backend(model: GPT2LMHead, config: str = "tiny", devices: int = 1,
                  return_logits: bool = False, prefill: str = "fpga",
                  prefill_numerics: str = "torch", **_) -> GenerationBackend:
     from hw.config import load_config
@@ -30,7 +30,7 @@ def _isa_backend(model: nn.Module, config: str = "tiny", devices: int = 1,
                           prefill=prefill, prefill_numerics=prefill_numerics)
 
 
-def _rtl_backend(model: nn.Module, config: str = "tiny", devices: int = 1,
+def _rtl_backend(model: GPT2LMHead, config: str = "tiny", devices: int = 1,
                  return_logits: bool = False, **options) -> GenerationBackend:
     from hw.config import load_config
 
@@ -41,7 +41,7 @@ def _rtl_backend(model: nn.Module, config: str = "tiny", devices: int = 1,
                       **options)
 
 
-def _board_backend(model: nn.Module, config: str = "tiny", devices: int = 1,
+def _board_backend(model: GPT2LMHead, config: str = "tiny", devices: int = 1,
                    return_logits: bool = False, xclbin: str | None = None,
                    **options) -> GenerationBackend:
     from hw.config import load_config
@@ -66,7 +66,7 @@ BACKENDS: dict[str, Callable[..., GenerationBackend]] = {
 }
 
 
-def make_backend(name: str, model: nn.Module, **options) -> GenerationBackend:
+def make_backend(name: str, model: GPT2LMHead, **options) -> GenerationBackend:
     if name not in BACKENDS:
         raise UsageError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
     return BACKENDS[name](model, **options)

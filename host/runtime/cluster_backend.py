@@ -24,16 +24,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from hw.config import AccelConfig
 from hw.isasim import IsaCluster
 from hw.layout import DESC
 from hw.perf import CATEGORIES, hbm_utilization
+from models.gpt2 import GPT2LMHead
 
 from ..compiler import CompiledModel, compile_model
 from ..errors import UsageError
-from .api import ClusterFactory, DeviceCluster, GenerationRequest, Step
+from .api import ClusterDevice, ClusterFactory, DeviceCluster, GenerationRequest, Step
 from .kv import PCIE_GBPS, write_kv
 from .prefill import PREFILL_TARGETS, HostPrefill
 
@@ -52,7 +52,7 @@ class ClusterBackend:
 
     greedy_only = True  # argmax runs on the devices; sampling would need the logits on the host
 
-    def __init__(self, model: nn.Module, config: AccelConfig, return_logits: bool = False,
+    def __init__(self, model: GPT2LMHead, config: AccelConfig, return_logits: bool = False,
                  name: str = "isa", prefill: str = "fpga", prefill_numerics: str = "torch",
                  cluster_factory: ClusterFactory = isa_cluster) -> None:
         if prefill not in PREFILL_TARGETS:
@@ -95,7 +95,7 @@ class ClusterBackend:
                              "devices); use --temperature 0")
         self.model.check_prompt(request.prompt_ids, request.max_new_tokens)
         self.time_split = None
-        host = self._host_prefill(request) if self.host_prefill else None
+        host = self._host_prefill(self.host_prefill, request) if self.host_prefill else None
         self._write_job(request, pos0=host["pos0"] if host else 0)
         self.cluster.start()
         devices = self.cluster.devices
@@ -104,23 +104,25 @@ class ClusterBackend:
             dev.argmax_pc = self.compiled.labels[d]["head_done"]  # the LM head's argmax
         out_base = DESC.out_tokens(self.model.config.n_positions)
         out_end = out_base + 4 * request.max_new_tokens
-        state = {"seen": 0, "wall": time.perf_counter(),
-                 "prev": {"cycles": 0.0, "breakdown": dict.fromkeys(CATEGORIES, 0.0),
-                          "weight_bytes": 0, "kv_bytes": 0}}
+        # events consumed so far, when the last step ended, and the counters at its end
+        seen, wall = 0, time.perf_counter()
+        prev: dict[str, Any] = {"cycles": 0.0, "breakdown": dict.fromkeys(CATEGORIES, 0.0),
+                                "weight_bytes": 0, "kv_bytes": 0}
         emitted: list[int] = []
         steps_ms: list[float] = []
         walls_ms: list[float] = []
 
         def new_steps() -> Iterator[Step]:
+            nonlocal seen, wall, prev
             events = devices[0].events
-            while state["seen"] < len(events):
-                addr, token, snap = events[state["seen"]]
-                state["seen"] += 1
+            while seen < len(events):
+                addr, token, snap = events[seen]
+                seen += 1
                 if not out_base <= addr < out_end:
                     continue
                 now = time.perf_counter()
-                step = self._step(token, snap, state["prev"], len(emitted), now - state["wall"])
-                state["wall"], state["prev"] = now, snap
+                step = self._step(token, snap, prev, len(emitted), now - wall)
+                wall, prev = now, snap
                 emitted.append(token)
                 steps_ms.append(step.ms)
                 walls_ms.append(step.extra["wall_ms"])
@@ -135,10 +137,10 @@ class ClusterBackend:
                                f"{emitted}")
         self.time_split = self._split(request, host, steps_ms, walls_ms)
 
-    def _host_prefill(self, request: GenerationRequest) -> dict[str, Any]:
-        """Prefill on the host and copy the KV cache to every device; the devices then start
-        at the last prompt token."""
-        result = self.host_prefill.run(request.prompt_ids)
+    def _host_prefill(self, prefill: HostPrefill, request: GenerationRequest) -> dict[str, Any]:
+        """Prefill on the host (`prefill`, the backend's `host_prefill`) and copy the KV cache
+        to every device; the devices then start at the last prompt token."""
+        result = prefill.run(request.prompt_ids)
         start = time.perf_counter()
         per_device = write_kv(self.cluster, self.compiled.plan, result.kv)
         transfer_ms = (time.perf_counter() - start) * 1e3
@@ -153,9 +155,10 @@ class ClusterBackend:
                 }}
 
     def _split(self, request: GenerationRequest, host: dict | None, steps_ms: list[float],
-               walls_ms: list[float]) -> dict[str, Any]:
-        """Where a request's time went. Host figures are measured wall time; device figures
-        are cycles at the configured clock (`ms`) beside the simulator's wall time."""
+               walls_ms: list[float]) -> dict[str, Any] | None:
+        """Where a request's time went (None where a backend cannot tell). Host figures are
+        measured wall time; device figures are cycles at the configured clock (`ms`) beside
+        the simulator's wall time."""
         n = len(request.prompt_ids)
         decode = steps_ms[1:]
         if host:
@@ -195,6 +198,12 @@ class ClusterBackend:
         }
         if self.return_logits:
             extra["logits"] = np.concatenate(
-                [dev.argmax_inputs[index] for dev in self.cluster.devices]
+                [self._argmax_inputs(dev)[index] for dev in self.cluster.devices]
             ).astype(np.float32).tolist()
         return Step(token, self.config.cycles_to_ms(cycles), extra)
+
+    @staticmethod
+    def _argmax_inputs(dev: ClusterDevice) -> list:
+        """The logits `dev` recorded, one vector per token (`stream` asks for them)."""
+        assert dev.argmax_inputs is not None, "stream gives every device a list with logits"
+        return dev.argmax_inputs

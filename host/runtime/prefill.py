@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from hw.hbm import HbmImage
 from hw.layout import DESC
+from models.gpt2 import GPT2LMHead
 
 from ..compiler import CompiledModel
 from ..errors import UsageError
@@ -57,7 +58,7 @@ class PrefillResult:
 class HostPrefill:
     """Computes the KV cache of all but the last prompt token on the host."""
 
-    def __init__(self, model: nn.Module, numerics: str = "torch", device: str | None = None,
+    def __init__(self, model: GPT2LMHead, numerics: str = "torch", device: str | None = None,
                  compiled: CompiledModel | None = None,
                  cluster_factory: ClusterFactory | None = None) -> None:
         if numerics not in PREFILL_NUMERICS:
@@ -66,9 +67,11 @@ class HostPrefill:
         self.numerics = numerics
         self.model = model
         if numerics == "exact":
-            if compiled is None or cluster_factory is None:
-                raise ValueError("exact prefill needs the compiled model and a cluster factory")
+            if compiled is None or compiled.images is None or cluster_factory is None:
+                raise ValueError("exact prefill needs the compiled model (with its weights) "
+                                 "and a cluster factory")
             self.compiled = compiled
+            self.images: list[HbmImage] = compiled.images
             self.cluster_factory = cluster_factory
             self.device = "host (hw.numerics emulation of the devices)"
             return
@@ -114,9 +117,9 @@ class HostPrefill:
         token generated and discarded: every pass that ends the prompt ends in the LM head)."""
         plan = self.compiled.plan
         if not ids:
-            return read_kv(self.compiled.images, plan, 0)
+            return read_kv(self.images, plan, 0)
         cluster = self.cluster_factory(self.compiled)
-        cluster.load(self.compiled.programs, [im.copy() for im in self.compiled.images])
+        cluster.load(self.compiled.programs, [im.copy() for im in self.images])
         for d in range(plan.devices):
             cluster.write_i32(d, DESC.N_PROMPT, [len(ids)])
             cluster.write_i32(d, DESC.POS0, [0])

@@ -6,6 +6,7 @@ and is labelled so wherever it is printed.
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 from hw.config import ASSUMPTIONS, CORNERS, AccelConfig, at_corner
 from hw.isasim import IsaCluster
@@ -17,17 +18,23 @@ from ..errors import UsageError
 
 __all__ = ["BAND_KEYS", "MODEL_SHAPES", "project", "project_band"]
 
-_GPT2 = {"vocab_size": 50257, "n_positions": 1024}
+
+def _gpt2(n_embd: int, n_layer: int, n_head: int, n_inner: int) -> ModelShape:
+    """A shape of the GPT-2 family: its vocabulary and 1024-position context."""
+    return ModelShape(vocab_size=50257, n_positions=1024, n_embd=n_embd, n_layer=n_layer,
+                      n_head=n_head, n_inner=n_inner)
+
+
 #: Full-size models by name (shapes only: projections need no weights).
 MODEL_SHAPES: dict[str, ModelShape] = {
-    "gpt2-345m": ModelShape(n_embd=1024, n_layer=24, n_head=16, n_inner=4096, **_GPT2),
-    "gpt2-774m": ModelShape(n_embd=1280, n_layer=36, n_head=20, n_inner=5120, **_GPT2),
+    "gpt2-345m": _gpt2(n_embd=1024, n_layer=24, n_head=16, n_inner=4096),
+    "gpt2-774m": _gpt2(n_embd=1280, n_layer=36, n_head=20, n_inner=5120),
     # GPT-2 XL (the real 1.5B): 25 heads of 64; on 4 devices the heads split 7/6/6/6
-    "gpt2-1.5b": ModelShape(n_embd=1600, n_layer=48, n_head=25, n_inner=6400, **_GPT2),
+    "gpt2-1.5b": _gpt2(n_embd=1600, n_layer=48, n_head=25, n_inner=6400),
     # NOT GPT-2 XL: 1536 wide, 24 heads of 64 (7% fewer weight bytes), a shape 4 devices split
     # evenly; earlier projections called it "dfx-1.5b", but no source here confirms that DFX
     # ran this shape rather than XL, so DFX is compared with gpt2-1.5b
-    "gpt2-1.5b-24h": ModelShape(n_embd=1536, n_layer=48, n_head=24, n_inner=6144, **_GPT2),
+    "gpt2-1.5b-24h": _gpt2(n_embd=1536, n_layer=48, n_head=24, n_inner=6144),
 }
 
 
@@ -61,7 +68,7 @@ def project(shape: ModelShape, config: AccelConfig, input_len: int, output_len: 
     ms = config.cycles_to_ms
     first, last = snaps[0], snaps[-1]
     decode_steps = len(snaps) - 1
-    result = {
+    result: dict[str, Any] = {
         "label": "projection of the timing model (hw/perf.py), not a measurement",
         "model": asdict(shape),
         "config": config.name,

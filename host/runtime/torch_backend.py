@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
+
+from models.gpt2 import GPT2LMHead
 
 from .api import GenerationRequest, Step
 
@@ -19,7 +20,7 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: str | None = None) -> None:
+    def __init__(self, model: GPT2LMHead, device: str | None = None) -> None:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device).eval()
 

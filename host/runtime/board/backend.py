@@ -14,14 +14,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from torch import nn
-
 from hw.config import AccelConfig
 from hw.layout import DESC
+from models.gpt2 import GPT2LMHead
 
 from ...compiler import CompiledModel
 from ...errors import UsageError
-from ..api import Step
+from ..api import GenerationRequest, Step
 from ..cluster_backend import ClusterBackend
 from .cluster import BoardCluster
 
@@ -31,7 +30,7 @@ __all__ = ["BoardBackend"]
 class BoardBackend(ClusterBackend):
     """`ClusterBackend` on a `BoardCluster`."""
 
-    def __init__(self, model: nn.Module, config: AccelConfig, xclbin: str | Path, *,
+    def __init__(self, model: GPT2LMHead, config: AccelConfig, xclbin: str | Path, *,
                  pynq: ModuleType | None = None, link_cfg: str | Path | None = None,
                  timeout_s: float = 60.0, return_logits: bool = False,
                  **options: Any) -> None:
@@ -55,5 +54,7 @@ class BoardBackend(ClusterBackend):
         return Step(token, ms, {"run_cycles": int(snap["cycles"]),
                                 "wall_ms": round(wall_s * 1e3, 3)})
 
-    def _split(self, request, host, steps_ms, walls_ms) -> None:
+    def _split(self, request: GenerationRequest, host: dict | None, steps_ms: list[float],
+               walls_ms: list[float]) -> dict[str, Any] | None:
+        """The cards report a run's cycles, not where each token's time went."""
         return None

@@ -136,8 +136,10 @@ class BoardCluster(HostImages):
         """The connectivity bank of every port (`HBM[k]`), in port order."""
         if self.link_cfg is not None:
             # a path, or the text itself
-            is_text = isinstance(self.link_cfg, str) and "\n" in self.link_cfg
-            text = self.link_cfg if is_text else Path(self.link_cfg).read_text()
+            if isinstance(self.link_cfg, str) and "\n" in self.link_cfg:
+                text = self.link_cfg
+            else:
+                text = Path(self.link_cfg).read_text()
         elif (self.xclbin.parent / "link.cfg").is_file():
             text = (self.xclbin.parent / "link.cfg").read_text()
         else:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from torch import nn
-
 from hw.config import AccelConfig
+from models.gpt2 import GPT2LMHead
 
 from ...compiler import CompiledModel
 from ...errors import UsageError
@@ -29,7 +28,7 @@ __all__ = ["RtlBackend"]
 class RtlBackend(ClusterBackend):
     """`ClusterBackend` on an `RtlCluster` (Verilator by default)."""
 
-    def __init__(self, model: nn.Module, config: AccelConfig, *, simulator: str = "verilator",
+    def __init__(self, model: GPT2LMHead, config: AccelConfig, *, simulator: str = "verilator",
                  progress: bool | None = None, return_logits: bool = False,
                  **options: Any) -> None:
         if return_logits:

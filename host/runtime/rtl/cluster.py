@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -285,11 +286,13 @@ class RtlCluster(HostImages):
         if len(tokouts) != len(dev.writes):
             raise RtlError(f"device {d}: {len(tokouts)} TOKOUTs but {len(dev.writes)} "
                            "writes to the scalar area")
+        snaps: list[dict[str, Any]]  # counter snapshots, as the isa devices' events hold them
         if self.reference is None:
             origin = dev.timeline[0][1]
             snaps = [{"cycles": float(dev.timeline[i][2] - origin)} for i in tokouts]
         else:
             ref = self.reference.devices[d]
+            assert ref.trace is not None  # `_run_reference` traces every device
             try:
                 attr = attribute(dev.timeline, ref.trace)
             except ValueError as e:
