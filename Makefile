@@ -45,6 +45,7 @@ demo: setup
 
 lint: $(VENV_STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: setup lint
 	$(RUN) $(BIN)/python -m pytest
