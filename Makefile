@@ -51,4 +51,4 @@ test: setup lint
 	$(RUN) $(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build .pytest_cache .ruff_cache .mypy_cache .hypothesis
