@@ -1,7 +1,9 @@
 """The data-efficiency and fill-in-the-middle studies of docs/data_efficiency.md, reproducible.
 
-    python scripts/study.py data-efficiency --out runs/study   # 4 arms x 2 seeds
-    python scripts/study.py fim --out runs/study               # AR vs FIM x 2 seeds
+    python scripts/study.py data-efficiency --out runs/study   # 4 arms x 3 seeds
+    python scripts/study.py fim --out runs/study               # AR vs 2 kinds of FIM x 3 seeds
+
+(the defaults are the runs of docs/data_efficiency.md; its commands spell them out).
 
 Both prepare the stdlib corpus once (`tandem data`, plus `tandem data analyze` for the
 curriculum), train every run as its own `tandem train` process (printed before it starts; at
@@ -10,7 +12,9 @@ most `--jobs` at a time, each on `--threads` CPU threads, at the lowest priority
 finished run is not repeated, so re-running a command only redraws its PNG and table.
 
 Model and optimiser (both studies): GPT-2 of `--n-layer` x `--n-embd` (4 x 128, 4 heads),
-`--block-size` 128-token windows, 16 windows per step, AdamW with warmup + cosine.
+`--block-size` 128-token windows, `--batch-size` 8 windows per step, `--steps` 300, AdamW
+at 1e-3 with 50 warmup steps and a cosine to 1e-4; validation every 30 steps on 16 fixed
+batches, and on the whole split at the end.
 
 Data efficiency, four arms at equal training *tokens* (the tokens the model reads):
 
@@ -29,7 +33,7 @@ ran, per step (6 x parameters x tokens for the matrix products, 12 x n_embd x n^
 and sequence for attention over n tokens: the PaLM count of models.train.throughput, applied
 layer by layer to the truncated window length and to random-LTD's kept count). The table
 gives the loss at equal tokens, and the tokens and FLOPs each arm needs to reach the
-baseline's final validation loss.
+final validation loss of the baseline run with the same seed (the same initial weights).
 
 FIM: FIM-trained runs (`--fim-rate 0.5`, the default SPM share 0.5) against AR-only runs at
 equal steps; the AR runs are the data-efficiency baseline (the same command). Two FIM arms:
@@ -42,7 +46,9 @@ match on `--spans` single-line spans of the validation files: a random non-blank
 with the newline that ends the middle line). The AR model gets the prefix only; a FIM model
 gets the PSM prompt <pre> prefix <suf> suffix <mid> (models.data.fim.infill_prompt_ids).
 Greedy decoding stops at a newline, <eom> or <|endoftext|>; a span counts when the generated
-line equals the middle exactly.
+line equals the middle exactly. Each model is also scored with the prefix alone, and by the
+loss of the true middle line's tokens after each prompt, which separates models too weak for
+exact match.
 """
 
 from __future__ import annotations
@@ -737,20 +743,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--corpus", default="", help="prepared corpus (default: OUT/corpus, built)")
     ap.add_argument("--png", default="", help="where the plot goes (default: docs/study_*.png)")
     ap.add_argument("--logs", default="", help="directory of the runs' logs (default: in OUT)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--arms", nargs="+", default=list(DE_ARMS), choices=DE_ARMS,
                     help="data-efficiency arms")
-    ap.add_argument("--fim-arms", nargs="+", default=list(FIM_ARMS), choices=FIM_ARMS)
-    ap.add_argument("--steps", type=int, default=600,
+    ap.add_argument("--fim-arms", nargs="+", default=["ar", "fim-ctx", "fim"],
+                    choices=FIM_ARMS)
+    ap.add_argument("--steps", type=int, default=300,
                     help="optimiser steps of the baseline / of every FIM run")
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--n-embd", type=int, default=128)
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--block-size", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--warmup-steps", type=int, default=50)
-    ap.add_argument("--eval-interval", type=int, default=50)
-    ap.add_argument("--eval-batches", type=int, default=20)
+    ap.add_argument("--eval-interval", type=int, default=30)
+    ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--fim-rate", type=float, default=0.5)
     ap.add_argument("--fim-spm-rate", type=float, default=0.5)
     ap.add_argument("--fim-max-chars", type=int, default=320,
