@@ -70,6 +70,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from hw.intmath import ceil_div  # noqa: E402
 from models.config import GPT2Config  # noqa: E402
 from models.data import TokenData  # noqa: E402
 from models.data.curriculum import CurriculumScheduler, parse_data_efficiency  # noqa: E402
@@ -308,7 +309,7 @@ def step_shapes(config: dict | None, steps: int, block: int) -> tuple[np.ndarray
 
 def steps_for_tokens(config: dict | None, tokens: int, batch: int, block: int) -> int:
     """The fewest steps whose windows hold at least `tokens` tokens."""
-    guess = -(-tokens // (batch * block))
+    guess = ceil_div(tokens, batch * block)
     while True:
         lengths, _ = step_shapes(config, 2 * guess, block)
         cum = np.cumsum(lengths * batch)
