@@ -26,6 +26,7 @@ from hw.intmath import ceil_div, round_up
 from rtl.core import ops
 from sim.mpu.top import BLOCK_BITS, CONFIG, UOP
 from sim.tb import TB
+from sim.vbuf_port import VbufPortModel, high
 
 P, W, A = CONFIG.hbm_ports, CONFIG.lane_width, CONFIG.align
 BEAT = CONFIG.beat_bytes
@@ -33,10 +34,6 @@ WORDS = A << BLOCK_BITS
 HBM_BASE = [0x40000 * (p + 1) for p in range(P)]  # each port's window in its channel
 MATRIX = 0x1000  # the weights' offset inside every channel
 SRC, BIAS, DST = 0, WORDS // 4, WORDS // 2  # vector buffer words
-
-
-def high(signal) -> bool:
-    return str(signal.value) == "1"
 
 
 def pack16(values) -> int:
@@ -55,37 +52,22 @@ def uop_word(**fields) -> int:
     return word
 
 
-class Memories:
-    """The vector buffer and the HBM channels, with the behaviour of their ports."""
+class Memories(VbufPortModel):
+    """The vector buffer's ports (`VbufPortModel`) and the HBM channels behind the
+    prefetcher's and the direct AXI read ports, with random back-pressure."""
 
     def __init__(self, dut, image: HbmImage, vbuf: np.ndarray, rng: random.Random,
                  pause: float):
-        self.dut = dut
+        super().__init__(dut, vbuf.view(np.uint16), rng, pause, BLOCK_BITS, A)
         self.image = image
-        self.vbuf = vbuf
-        self.rng = rng
-        self.pause = pause
-        self.read_pending = None
-        self.bursts = {(name, p): [] for name in ("pref", "direct") for p in range(P)}
+        self.bursts: dict[tuple[str, int], list] = {
+            (name, p): [] for name in ("pref", "direct") for p in range(P)}
         self.data_valid = dict.fromkeys(self.bursts, False)
-        self.write_ready = True
-        self.read_ready = True
-        self.writes = 0
         self.errors: list[str] = []
 
     def drive(self) -> None:
-        """Inputs for this cycle (after the falling edge)."""
+        super().drive()
         dut = self.dut
-        self.read_ready = self.rng.random() >= self.pause
-        dut.read_req__ready.value = int(self.read_ready)
-        if self.read_pending is None:
-            dut.read_resp_valid.value = 0
-        else:
-            blk = self.read_pending
-            dut.read_resp_valid.value = 1
-            dut.read_resp_payload.value = pack16(self.vbuf[blk * A:(blk + 1) * A])
-        self.write_ready = self.rng.random() >= self.pause
-        dut.write__req__ready.value = int(self.write_ready)
         for (name, p), queue in self.bursts.items():
             port = f"axi_{name}__{p}__read_"
             getattr(dut, port + "req__ready").value = 1
@@ -100,20 +82,8 @@ class Memories:
                 getattr(dut, port + "data__payload").value = pack16(data) | (last << (16 * W))
 
     def sample(self) -> None:
-        """Transfers of this cycle's rising edge (in the ReadOnly phase before it)."""
+        super().sample()
         dut = self.dut
-        self.read_pending = (int(dut.read_req__payload.value)
-                             if self.read_ready and high(dut.read_req__valid) else None)
-        if self.write_ready and high(dut.write__req__valid):
-            req = int(dut.write__req__payload.value)
-            block = req & ((1 << BLOCK_BITS) - 1)
-            data = req >> BLOCK_BITS
-            mask = data >> (16 * A)
-            for e in range(A):
-                if mask >> e & 1:
-                    self.vbuf[block * A + e] = np.uint16(data >> (16 * e) & 0xFFFF).view(
-                        np.float16)
-            self.writes += 1
         for (name, p), queue in self.bursts.items():
             port = f"axi_{name}__{p}__read_"
             if self.data_valid[name, p] and high(getattr(dut, port + "data__ready")):
@@ -221,4 +191,4 @@ async def mm_matches_numerics(dut):
                          f"{expected[i]!r} ({want[i]:#06x})")
         raise AssertionError("\n".join(lines))
     dut._log.info("MM %dx%d x %d tokens: %d cycles, %d writes, bit-exact", rows, cols, ntok,
-                  retired, mem.writes)
+                  retired, len(mem.writes))

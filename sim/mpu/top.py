@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from amaranth.hdl import Module
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import wiring
 
 from hw.config import TINY
 from rtl.core import ops
@@ -19,6 +18,7 @@ from rtl.core.mpu import Mpu
 from rtl.verilog import write_verilog
 
 from .. import runner
+from ..vbuf_port import connect_plain_read_port, plain_read_port_members
 
 __all__ = ["ADDR_WIDTH", "BLOCK_BITS", "CONFIG", "MAX_TOKENS", "PC_BITS", "SB_BITS", "TOPLEVEL",
            "UOP", "MpuTop", "build", "make_mpu"]
@@ -45,14 +45,7 @@ class MpuTop(wiring.Component):
 
     def __init__(self):
         self.mpu = make_mpu()
-        members = {name: member for name, member in self.mpu.signature.members.items()
-                   if name != "read"}
-        members.update({
-            "read_req": Out(stream.Signature(BLOCK_BITS)),
-            "read_resp_valid": In(1),
-            "read_resp_payload": In(16 * CONFIG.align),
-        })
-        super().__init__(members)
+        super().__init__(plain_read_port_members(self.mpu, BLOCK_BITS, CONFIG.align))
 
     def elaborate(self, platform):
         m = Module()
@@ -60,7 +53,7 @@ class MpuTop(wiring.Component):
         m.submodules.mpu = mpu
         wiring.connect(m, wiring.flipped(self.uop), mpu.uop)
         wiring.connect(m, wiring.flipped(self.pref), mpu.pref)
-        wiring.connect(m, wiring.flipped(self.read_req), mpu.read.req)
+        connect_plain_read_port(m, self, mpu)
         wiring.connect(m, wiring.flipped(self.write), mpu.write)
         for p in range(CONFIG.hbm_ports):
             wiring.connect(m, wiring.flipped(self.axi_pref[p]), mpu.axi_pref[p])
@@ -68,8 +61,6 @@ class MpuTop(wiring.Component):
             m.d.comb += mpu.hbm_base[p].eq(self.hbm_base[p])
         m.d.comb += [
             mpu.clear.eq(self.clear),
-            mpu.read.resp.valid.eq(self.read_resp_valid),
-            mpu.read.resp.payload.eq(self.read_resp_payload),
             self.release_reads.eq(mpu.release_reads),
             self.release_write.eq(mpu.release_write),
             self.retire.eq(mpu.retire),

@@ -36,6 +36,7 @@ from rtl.core.ring import FLIT_USER
 from sim.ring.top import BLOCK_BITS, CONFIG, UOP
 from sim.streams import pauses
 from sim.tb import TB
+from sim.vbuf_port import VbufPortModel, block_int, high
 
 A = CONFIG.align
 FLIT_BYTES = 2 * A
@@ -43,10 +44,6 @@ _DATA, _ARGMAX, _SYNC = 0, 1, 2
 _USER = {name: (field.offset, field.width) for name, field in FLIT_USER}
 REGION = 1 << 14  # words of the vector buffer the collectives use
 NAN = 0x7FC00000
-
-
-def high(signal) -> bool:
-    return str(signal.value) == "1"
 
 
 def pack_uop(**fields) -> int:
@@ -66,49 +63,8 @@ def unuser(value: int) -> tuple[int, int, int]:
                  for n in ("kind", "origin", "hops"))
 
 
-def block_int(words: np.ndarray) -> int:
-    return int.from_bytes(np.asarray(words, np.uint16).astype("<u2").tobytes(), "little")
-
-
 def f32_bits(x) -> int:
     return int(np.asarray(x, np.float32).view(np.uint32))
-
-
-class VbufModel:
-    """The vector buffer's read and write ports as `rtl.core.vbuf` serves them."""
-
-    def __init__(self, dut, words: np.ndarray, rng: random.Random, pause: float):
-        self.dut, self.words, self.rng, self.pause = dut, words, rng, pause
-        self.read_pending = None
-        self.read_ready = self.write_ready = True
-        self.writes: list[int] = []  # blocks written, in order
-
-    def drive(self) -> None:
-        dut = self.dut
-        self.read_ready = self.rng.random() >= self.pause
-        dut.read_req__ready.value = int(self.read_ready)
-        if self.read_pending is None:
-            dut.read_resp_valid.value = 0
-        else:
-            blk = self.read_pending
-            dut.read_resp_valid.value = 1
-            dut.read_resp_payload.value = block_int(self.words[blk * A:(blk + 1) * A])
-        self.write_ready = self.rng.random() >= self.pause
-        dut.write__req__ready.value = int(self.write_ready)
-
-    def sample(self) -> None:
-        dut = self.dut
-        self.read_pending = (int(dut.read_req__payload.value)
-                             if self.read_ready and high(dut.read_req__valid) else None)
-        if self.write_ready and high(dut.write__req__valid):
-            req = int(dut.write__req__payload.value)
-            block = req & ((1 << BLOCK_BITS) - 1)
-            data = req >> BLOCK_BITS
-            mask = data >> (16 * A)
-            for e in range(A):
-                if mask >> e & 1:
-                    self.words[block * A + e] = data >> (16 * e) & 0xFFFF
-            self.writes.append(block)
 
 
 def _collectives(rng: random.Random, n: int, devices: int) -> list[tuple[str, dict]]:
@@ -228,7 +184,7 @@ async def collectives_match_the_isa_cluster(dut):
                     pauses(random.Random(rng.random()), pause), quiet=True)
     sink = tb.add(AxiStreamSink(AxiStreamBus.from_prefix(dut, "tx_"), dut.clk, dut.rst),
                   pauses(random.Random(rng.random()), pause), quiet=True)
-    mem = tb.add(VbufModel(dut, vbuf, rng, pause))
+    mem = tb.add(VbufPortModel(dut, vbuf, rng, pause, BLOCK_BITS, A))
     mem.drive()
     await tb.reset(cycles=3)
     for frame in rx_frames:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from amaranth.hdl import Module
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import wiring
 
 from hw.config import TINY
 from rtl.core import ops
@@ -21,6 +20,7 @@ from rtl.core.ring import Ring
 from rtl.verilog import write_verilog
 
 from .. import runner
+from ..vbuf_port import connect_plain_read_port, plain_read_port_members
 
 __all__ = ["BLOCK_BITS", "CONFIG", "PC_BITS", "SB_BITS", "TOPLEVEL", "UOP", "RingTop", "build",
            "make_ring"]
@@ -45,14 +45,7 @@ class RingTop(wiring.Component):
 
     def __init__(self):
         self.ring = make_ring()
-        members = {name: member for name, member in self.ring.signature.members.items()
-                   if name != "read"}
-        members.update({
-            "read_req": Out(stream.Signature(BLOCK_BITS)),
-            "read_resp_valid": In(1),
-            "read_resp_payload": In(16 * CONFIG.align),
-        })
-        super().__init__(members)
+        super().__init__(plain_read_port_members(self.ring, BLOCK_BITS, CONFIG.align))
 
     def elaborate(self, platform):
         m = Module()
@@ -61,12 +54,10 @@ class RingTop(wiring.Component):
         wiring.connect(m, wiring.flipped(self.uop), ring.uop)
         wiring.connect(m, ring.tx, wiring.flipped(self.tx))
         wiring.connect(m, wiring.flipped(self.rx), ring.rx)
-        wiring.connect(m, wiring.flipped(self.read_req), ring.read.req)
+        connect_plain_read_port(m, self, ring)
         wiring.connect(m, wiring.flipped(self.write), ring.write)
         m.d.comb += [
             ring.device.eq(self.device), ring.devices.eq(self.devices),
-            ring.read.resp.valid.eq(self.read_resp_valid),
-            ring.read.resp.payload.eq(self.read_resp_payload),
             self.int_wb.eq(ring.int_wb), self.scalar_wb.eq(ring.scalar_wb),
             self.release_reads.eq(ring.release_reads), self.release_write.eq(ring.release_write),
             self.retire.eq(ring.retire), self.retire_pc.eq(ring.retire_pc),
