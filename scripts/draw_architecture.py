@@ -24,7 +24,7 @@ FLOW = [  # (label, detail, colour)
     ("Program (per device)", "256-bit instruction words + HBM images + symbols", "#fff2cc"),
 ]
 BACKENDS = [
-    ("isa", "instruction-level sim\nbit-exact + timing model", "#f4cccc"),
+    ("isa", "hw/isasim: instruction-level\nsim, bit-exact + timing model", "#f4cccc"),
     ("rtl", "Amaranth RTL under cocotb\nVerilator / Icarus", "#f4cccc"),
     ("board", "Alveo U280 / U55C\nthrough PYNQ", "#f4cccc"),
 ]
