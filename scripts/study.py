@@ -735,6 +735,32 @@ def plot_fim(runs: list[Run], results: dict, png: Path, args) -> None:
 # -- command line --------------------------------------------------------------------------------
 
 
+def _check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, with one line and exit 2, what no run could use (before any corpus is built)."""
+    for name in ("steps", "n_layer", "n_embd", "n_head", "block_size", "batch_size",
+                 "eval_interval", "eval_batches", "spans", "vocab_size", "jobs", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    for name in ("warmup_steps", "limit_files", "fim_max_chars"):
+        if getattr(args, name) < 0:
+            ap.error(f"--{name.replace('_', '-')} must be >= 0, not {getattr(args, name)}")
+    if any(not 0 <= seed < 2**63 for seed in args.seeds):
+        ap.error(f"--seeds must be integers in [0, 2**63), not {args.seeds}")
+    for name in ("fim_rate", "fim_spm_rate"):
+        if not 0.0 <= getattr(args, name) <= 1.0:  # also refuses NaN
+            ap.error(f"--{name.replace('_', '-')} must be in [0, 1], not {getattr(args, name)}")
+    if args.val_fraction is not None and not 0.0 < args.val_fraction < 1.0:
+        ap.error(f"--val-fraction must be in (0, 1), not {args.val_fraction}")
+    if not 0.0 < args.report_every < float("inf"):
+        ap.error(f"--report-every must be a positive number of seconds, not {args.report_every}")
+    if args.png and Path(args.png).is_dir():
+        ap.error(f"--png {args.png} is a directory; give the PNG's file name")
+    for name in ("out", "logs", "corpus"):
+        path = getattr(args, name)
+        if path and Path(path).exists() and not Path(path).is_dir():
+            ap.error(f"--{name} {path} is a file, not a directory")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -774,6 +800,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-every", type=float, default=60.0,
                     help="seconds between progress lines")
     args = ap.parse_args(argv)
+    _check_args(ap, args)
     torch.set_num_threads(args.threads)
     (data_efficiency if args.study == "data-efficiency" else fim_study)(args)
 

@@ -83,3 +83,25 @@ def test_both_studies_end_to_end_at_toy_scale(study, tmp_path):
     assert len(results["fim-ctx"]["exact_match"]) == 1
     assert not (tmp_path / "fim" / "ar-s1").exists()  # the AR arm is the baseline run
     assert (tmp_path / "fim.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--batch-size", "-3"], "--batch-size must be at least 1"),
+    (["--fim-rate", "nan"], "--fim-rate must be in [0, 1]"),
+    (["--seeds", "1", "-1"], "--seeds must be integers"),
+    (["--report-every", "inf"], "--report-every must be a positive number"),
+    (["--out", "README.md"], "--out README.md is a file"),
+    (["--png", "docs"], "--png docs is a directory"),
+])
+def test_bad_arguments_are_refused_before_any_work(study, args, message, capsys, monkeypatch,
+                                                   tmp_path):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "out"
+    extra = [] if "--out" in args else ["--out", str(out)]
+    with pytest.raises(SystemExit) as exit_:
+        study.main(["data-efficiency", *extra, *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1]
+    assert not out.exists()  # nothing was built
