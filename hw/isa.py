@@ -238,11 +238,6 @@ class OpSpec:
     hreads: tuple[Range, ...] = ()  # HBM ranges it reads
     hwrites: tuple[Range, ...] = ()  # HBM ranges it writes
 
-    @property
-    def unit(self) -> str:
-        """The engine, under its earlier name."""
-        return self.engine
-
     def registers(self, kind: str, role: str) -> tuple[str, ...]:
         """The operands of `kind` ("reg" or "sreg") whose registers it reads or writes."""
         kinds = dict(self.fields)
